@@ -1,0 +1,59 @@
+"""Reading a JSON request body safely: content type, size limit (chunked too), strict JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from flask import Request
+
+from common.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+_READ_CHUNK = 64 * 1024
+
+
+def read_body(request: Request, max_bytes: int) -> bytes:
+    """The raw body, refusing more than ``max_bytes`` whether or not Content-Length is sent."""
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise PayloadTooLarge(f"request body is {length} bytes; the limit is {max_bytes} bytes")
+    stream = request.environ["wsgi.input"]
+    if length is not None:
+        return stream.read(length) if length else b""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = stream.read(_READ_CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+
+
+def require_json_type(request: Request) -> None:
+    mimetype = request.mimetype
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, got {mimetype or 'none'!r}"
+        )
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON (no NaN or Infinity literals); a syntax error is a 400 that says where."""
+    if not raw:
+        raise BadRequest("request body is empty; send a JSON object", code="invalid_json")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
+    """Content type checked, size limited, parsed, and required to be a JSON object."""
+    require_json_type(request)
+    doc = parse_json(read_body(request, max_bytes))
+    if not isinstance(doc, dict):
+        raise BadRequest("request body must be a JSON object", code="invalid_json")
+    return doc

@@ -1,0 +1,108 @@
+"""The state store interface: one versioned routing-state document, an audit log, named leases.
+
+Every backend keeps the same three things and offers the same few methods, so the router never
+knows which one it talks to. Changes are compare-and-set on ``config_version``: a writer reads
+the state, builds the next document and commits it against the version it read; if somebody
+else committed first, it gets ``StaleState`` and starts again from a fresh read.
+
+Errors::
+
+    StateStoreError           anything the store cannot do
+    ├── StaleState            compare-and-set lost: the stored config_version moved on
+    └── StoreUnavailable      the backend cannot be reached (server down, file locked)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Protocol, runtime_checkable
+
+
+class StateStoreError(Exception):
+    """The state store could not carry out a request."""
+
+
+class StaleState(StateStoreError):
+    """A commit named a config_version that is no longer the stored one; re-read and retry."""
+
+    def __init__(self, current_version: int, expected_version: int | None = None) -> None:
+        self.current_version = current_version
+        self.expected_version = expected_version
+        expected = "" if expected_version is None else f"expected {expected_version}, "
+        super().__init__(
+            f"routing state changed concurrently ({expected}stored config_version is "
+            f"{current_version}): re-read the state and apply the change again"
+        )
+
+
+class StoreUnavailable(StateStoreError):
+    """The backend holding the state cannot be reached right now."""
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """The routing-state document together with the config_version it was stored under."""
+
+    config_version: int
+    document: dict[str, Any]
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Where a router keeps its routing state, its audit log and its leases.
+
+    Example::
+
+        store = open_store("sqlite:///var/router-state.db")
+        state = store.read() or store.initialize({"strategy": "release-in-place"})
+        store.commit(state.config_version, {**state.document, "strategy": "canary"},
+                     {"actor": "admin", "reason": "start canary"})
+    """
+
+    def read(self) -> StoredState | None:
+        """Return the current state, or None when nothing has been stored yet."""
+        ...
+
+    def initialize(self, document: dict[str, Any]) -> StoredState:
+        """Store ``document`` as config_version 1 unless a state exists; return the stored one."""
+        ...
+
+    def commit(
+        self, expected_version: int, document: dict[str, Any], event: dict[str, Any]
+    ) -> StoredState:
+        """Replace the state and append ``event`` atomically, if still at ``expected_version``."""
+        ...
+
+    def events(self, limit: int = 100, after: int = 0) -> list[dict[str, Any]]:
+        """Return the newest ``limit`` audit events with id > ``after``, oldest first."""
+        ...
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew the lease ``name`` for ``ttl_s`` seconds; False if another holds it."""
+        ...
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Free the lease ``name`` if ``holder`` holds it."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the store is not used afterwards."""
+        ...
+
+
+def stamp_event(event: dict[str, Any], config_version: int) -> dict[str, Any]:
+    """Copy ``event`` for the audit log: the store's config_version, a UTC time, no caller id."""
+    stamped = {key: value for key, value in event.items() if key != "id"}
+    stamped["config_version"] = config_version
+    if "time" not in stamped:
+        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        stamped["time"] = now.replace("+00:00", "Z")
+    return stamped
+
+
+def check_lease_ttl(ttl_s: float) -> int:
+    """Return a lease TTL in whole milliseconds (at least 1), refusing non-positive ones."""
+    if not ttl_s > 0:
+        raise ValueError(f"lease ttl_s must be a positive number of seconds, got {ttl_s!r}")
+    return max(1, round(ttl_s * 1000))

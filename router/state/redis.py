@@ -1,0 +1,194 @@
+"""The shared state store: one Redis database behind many router instances.
+
+Keys live under a prefix (default ``router:``; ``?prefix=...`` in the URL or ``prefix=`` here):
+
+    <prefix>state          hash: ``version`` and ``document`` (JSON)
+    <prefix>events         stream of audit events, entry id ``<event id>-0``
+    <prefix>event_id       counter the event ids come from
+    <prefix>lease:<name>   the holder of a lease, expiring with the lease's TTL
+    <prefix>changes        pub/sub channel: the new config_version after every commit
+
+Writes are Lua scripts, so a commit (version check, new state, audit event, notification) is
+one atomic step on the server. Socket timeouts are short and nothing is retried, so an outage
+reaches the caller as ``StoreUnavailable`` within about a second instead of hanging it; the
+connection pool reconnects on the next call once the server is back.
+
+Example::
+
+    store = RedisStateStore("redis://127.0.0.1:6379/0", prefix="router-eu:")
+    state = store.read() or store.initialize({"strategy": "release-in-place"})
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.client import PubSub
+from redis.retry import Retry
+
+from router.state.base import (
+    StaleState,
+    StateStoreError,
+    StoredState,
+    StoreUnavailable,
+    check_lease_ttl,
+    stamp_event,
+)
+
+DEFAULT_PREFIX = "router:"
+
+_INITIALIZE = """
+if redis.call('HSETNX', KEYS[1], 'version', 1) == 1 then
+    redis.call('HSET', KEYS[1], 'document', ARGV[1])
+    redis.call('PUBLISH', ARGV[2], 1)
+end
+return redis.call('HMGET', KEYS[1], 'version', 'document')
+"""
+
+# KEYS: state, events, event_id. ARGV: expected version, document, event, channel.
+# The event is appended before the state changes: if appending failed, nothing changed.
+_COMMIT = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if current ~= tonumber(ARGV[1]) then
+    return {0, current}
+end
+local new_version = current + 1
+local event_id = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[2], event_id .. '-0', 'event', ARGV[3])
+redis.call('HSET', KEYS[1], 'version', new_version, 'document', ARGV[2])
+redis.call('PUBLISH', ARGV[4], new_version)
+return {1, new_version}
+"""
+
+_ACQUIRE_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+return 0
+"""
+
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RedisStateStore:
+    """State store in Redis, shared by every router instance pointed at the same URL and prefix."""
+
+    def __init__(self, url: str, *, prefix: str | None = None, timeout_s: float = 0.5) -> None:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        url_prefix = query.pop("prefix", None)
+        self.prefix = prefix if prefix is not None else url_prefix or DEFAULT_PREFIX
+        # Shown in messages and logs, so it never carries credentials.
+        self.url = f"{parts.scheme}://{parts.hostname or 'localhost'}:{parts.port or 6379}"
+        self.url += parts.path or "/0"
+        self._client = redis.Redis.from_url(
+            urlunsplit(parts._replace(query=urlencode(query))),
+            decode_responses=True,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._state_key = f"{self.prefix}state"
+        self._events_key = f"{self.prefix}events"
+        self._event_id_key = f"{self.prefix}event_id"
+        self.changes_channel = f"{self.prefix}changes"
+        self._initialize = self._client.register_script(_INITIALIZE)
+        self._commit = self._client.register_script(_COMMIT)
+        self._acquire_lease = self._client.register_script(_ACQUIRE_LEASE)
+        self._release_lease = self._client.register_script(_RELEASE_LEASE)
+
+    def __repr__(self) -> str:
+        return f"RedisStateStore({self.url!r}, prefix={self.prefix!r})"
+
+    def read(self) -> StoredState | None:
+        with self._translate():
+            version, document = self._client.hmget(self._state_key, ["version", "document"])
+        if version is None or document is None:
+            return None
+        return StoredState(int(version), json.loads(document))
+
+    def initialize(self, document: dict[str, Any]) -> StoredState:
+        with self._translate():
+            version, stored = self._initialize(
+                keys=[self._state_key], args=[json.dumps(document), self.changes_channel]
+            )
+        return StoredState(int(version), json.loads(stored))
+
+    def commit(
+        self, expected_version: int, document: dict[str, Any], event: dict[str, Any]
+    ) -> StoredState:
+        encoded = json.dumps(document)
+        encoded_event = json.dumps(stamp_event(event, expected_version + 1))
+        with self._translate():
+            committed, version = self._commit(
+                keys=[self._state_key, self._events_key, self._event_id_key],
+                args=[expected_version, encoded, encoded_event, self.changes_channel],
+            )
+        if not committed:
+            raise StaleState(int(version), expected_version)
+        return StoredState(int(version), json.loads(encoded))
+
+    def events(self, limit: int = 100, after: int = 0) -> list[dict[str, Any]]:
+        if limit <= 0:
+            return []
+        with self._translate():
+            entries = self._client.xrevrange(
+                self._events_key, max="+", min=f"{max(after, 0) + 1}-0", count=limit
+            )
+        return [
+            {"id": int(entry_id.split("-", 1)[0]), **json.loads(fields["event"])}
+            for entry_id, fields in reversed(entries)
+        ]
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        ttl_ms = check_lease_ttl(ttl_s)
+        with self._translate():
+            taken = self._acquire_lease(keys=[self._lease_key(name)], args=[holder, ttl_ms])
+        return bool(taken)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._translate():
+            self._release_lease(keys=[self._lease_key(name)], args=[holder])
+
+    def subscribe_changes(self) -> PubSub:
+        """Return a pub/sub handle that receives each new config_version (poll ``get_message``).
+
+        Notifications can be missed (while disconnected, say): a listener uses them only to
+        re-read sooner, never instead of reading.
+        """
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        with self._translate():
+            pubsub.subscribe(self.changes_channel)
+        return pubsub
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _lease_key(self, name: str) -> str:
+        return f"{self.prefix}lease:{name}"
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        """Turn redis-py errors into the store's errors."""
+        try:
+            yield
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            raise StoreUnavailable(
+                f"state store {self.url} is unreachable ({exc}): check ROUTER_STATE_URL "
+                "and that the server is running"
+            ) from exc
+        except redis.exceptions.RedisError as exc:
+            raise StateStoreError(f"state store {self.url} failed: {exc}") from exc

@@ -1,0 +1,207 @@
+"""The embedded state store: one SQLite file shared by the worker processes of one router.
+
+WAL mode lets readers run while a writer commits; every write runs in a ``BEGIN IMMEDIATE``
+transaction, so concurrent writers queue on the file lock (up to the busy timeout) instead of
+failing half-way. Each thread of each process gets its own connection, opened on first use.
+
+Example::
+
+    store = SQLiteStateStore("state/router.db")
+    state = store.read() or store.initialize({"strategy": "release-in-place"})
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from router.state.base import (
+    StaleState,
+    StateStoreError,
+    StoredState,
+    StoreUnavailable,
+    check_lease_ttl,
+    stamp_event,
+)
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS routing_state (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        config_version INTEGER NOT NULL,
+        document TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS audit_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    )""",
+)
+
+_UPSERT_STATE = """
+    INSERT INTO routing_state (singleton, config_version, document) VALUES (1, ?, ?)
+    ON CONFLICT (singleton) DO UPDATE
+    SET config_version = excluded.config_version, document = excluded.document
+"""
+
+# Lease expiry uses the wall clock because the processes sharing the file share no other clock.
+_TAKE_LEASE = """
+    INSERT INTO leases (name, holder, expires_at) VALUES (:name, :holder, :now + :ttl)
+    ON CONFLICT (name) DO UPDATE
+    SET holder = excluded.holder, expires_at = excluded.expires_at
+    WHERE leases.holder = excluded.holder OR leases.expires_at <= :now
+"""
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that remembers the process that opened it (and can be weakly referenced)."""
+
+    owner_pid: int
+
+
+class SQLiteStateStore:
+    """State store in one SQLite file; safe across threads, worker processes and fork."""
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 5.0) -> None:
+        self.path = Path(path).expanduser()
+        self.url = f"sqlite:///{self.path}"
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._open_connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        # Connections inherited through fork must be neither used nor closed by the child
+        # (closing one could drop the parent's file locks); keeping a reference stops the
+        # garbage collector from closing them.
+        self._inherited: list[_Connection] = []
+        with self._translate():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._transaction() as conn:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStateStore({str(self.path)!r})"
+
+    def read(self) -> StoredState | None:
+        with self._translate():
+            row = self._connection().execute(
+                "SELECT config_version, document FROM routing_state WHERE singleton = 1"
+            ).fetchone()
+        return None if row is None else StoredState(row[0], json.loads(row[1]))
+
+    def initialize(self, document: dict[str, Any]) -> StoredState:
+        encoded = json.dumps(document)
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO routing_state (singleton, config_version, document) "
+                "VALUES (1, 1, ?)",
+                (encoded,),
+            )
+            row = conn.execute(
+                "SELECT config_version, document FROM routing_state WHERE singleton = 1"
+            ).fetchone()
+        return StoredState(row[0], json.loads(row[1]))
+
+    def commit(
+        self, expected_version: int, document: dict[str, Any], event: dict[str, Any]
+    ) -> StoredState:
+        new_version = expected_version + 1
+        encoded = json.dumps(document)
+        encoded_event = json.dumps(stamp_event(event, new_version))
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT config_version FROM routing_state WHERE singleton = 1"
+            ).fetchone()
+            current = 0 if row is None else row[0]
+            if current != expected_version:
+                raise StaleState(current, expected_version)
+            conn.execute(_UPSERT_STATE, (new_version, encoded))
+            conn.execute("INSERT INTO audit_events (event) VALUES (?)", (encoded_event,))
+        return StoredState(new_version, json.loads(encoded))
+
+    def events(self, limit: int = 100, after: int = 0) -> list[dict[str, Any]]:
+        if limit <= 0:
+            return []
+        with self._translate():
+            rows = self._connection().execute(
+                "SELECT id, event FROM audit_events WHERE id > ? ORDER BY id DESC LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        return [{"id": event_id, **json.loads(body)} for event_id, body in reversed(rows)]
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        ttl = check_lease_ttl(ttl_s) / 1000
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                _TAKE_LEASE, {"name": name, "holder": holder, "now": time.time(), "ttl": ttl}
+            )
+            return cursor.rowcount == 1
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    def close(self) -> None:
+        pid = os.getpid()
+        for conn in list(self._open_connections):
+            if conn.owner_pid == pid:
+                conn.close()
+        self._local.__dict__.clear()
+
+    def _connection(self) -> _Connection:
+        """Return this thread's connection, opening one on first use or after a fork."""
+        local = self._local
+        conn: _Connection | None = getattr(local, "conn", None)
+        if conn is not None and conn.owner_pid == os.getpid():
+            return conn
+        if conn is not None:
+            self._inherited.append(conn)
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout_s,
+            isolation_level=None,
+            check_same_thread=False,
+            factory=_Connection,
+        )
+        conn.owner_pid = os.getpid()
+        conn.execute("PRAGMA journal_mode=WAL")
+        self._open_connections.add(conn)
+        local.conn = conn
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[_Connection]:
+        """Run the block in a write transaction, taking the file's write lock up front."""
+        with self._translate():
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        """Turn sqlite3 and file-system errors into the store's errors."""
+        try:
+            yield
+        except (sqlite3.OperationalError, OSError) as exc:
+            raise StoreUnavailable(
+                f"state store {self.url} is unavailable ({exc}): check ROUTER_STATE_URL, "
+                "that the directory is writable and the disk not full"
+            ) from exc
+        except sqlite3.Error as exc:
+            raise StateStoreError(f"state store {self.url} failed: {exc}") from exc

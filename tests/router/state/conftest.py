@@ -1,0 +1,146 @@
+"""Fixtures for the state store tests: both backends, a throwaway Redis server, free ports.
+
+Redis tests use REDIS_TEST_URL (default redis://127.0.0.1:6379/15) under a key prefix unique to
+each test, and delete only their own keys. Without a Redis they skip, unless CI is "true": then
+a missing Redis is a failure, so a CI run can never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from router.state.base import StateStore
+from router.state.redis import RedisStateStore
+from router.state.sqlite import SQLiteStateStore
+
+REDIS_TEST_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/15")
+
+StoreFactory = Callable[[], StateStore]
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a test that lacks Redis, or fail it when running in CI."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true, so Redis tests must run, not skip)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    """Return a loopback TCP port nothing listens on (bound once, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        client.ping()
+    except redis.exceptions.RedisError as exc:
+        skip_or_fail(f"no Redis answers at {REDIS_TEST_URL} ({exc}); start one or set REDIS_TEST_URL")
+    finally:
+        client.close()
+    return REDIS_TEST_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    prefix = f"test-state-{uuid.uuid4().hex}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """A factory of store objects that all share one (empty at first) state."""
+    opened: list[StateStore] = []
+    if request.param == "sqlite":
+        path = tmp_path / "state" / "router.db"
+
+        def factory() -> StateStore:
+            opened.append(SQLiteStateStore(path))
+            return opened[-1]
+    else:
+        url = request.getfixturevalue("redis_url")
+        prefix = request.getfixturevalue("redis_prefix")
+
+        def factory() -> StateStore:
+            opened.append(RedisStateStore(url, prefix=prefix))
+            return opened[-1]
+
+    yield factory
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> StateStore:
+    return make_store()
+
+
+class RedisServer:
+    """A redis-server subprocess without persistence, on a fixed port, that can be restarted."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2, socket_timeout=0.2)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.exceptions.ConnectionError:
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"redis-server did not start on port {self.port}")
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server, killed at the end of the test whatever happens."""
+    if shutil.which("redis-server") is None:
+        skip_or_fail("redis-server is not installed; install Redis to run the recovery test")
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

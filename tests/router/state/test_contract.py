@@ -1,0 +1,205 @@
+"""The StateStore contract, run against every backend (SQLite file and Redis)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from datetime import datetime, timedelta
+
+import pytest
+
+from router.state import StaleState, StateStore
+from tests.router.state.conftest import StoreFactory
+
+INITIAL = {"strategy": "release-in-place", "stable": "v1", "candidate": "v2", "canary_weight": 0}
+
+
+def test_every_backend_implements_the_protocol(store: StateStore) -> None:
+    assert isinstance(store, StateStore)
+
+
+def test_read_is_none_until_initialized(store: StateStore) -> None:
+    assert store.read() is None
+    assert store.events() == []
+
+
+def test_initialize_race_leaves_one_state(make_store: StoreFactory) -> None:
+    stores = [make_store() for _ in range(6)]
+    barrier = threading.Barrier(len(stores))
+    results: list[object] = [None] * len(stores)
+
+    def initialize(index: int) -> None:
+        barrier.wait()
+        results[index] = stores[index].initialize({**INITIAL, "writer": index})
+
+    threads = [threading.Thread(target=initialize, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    first = results[0]
+    assert first is not None and first.config_version == 1
+    assert all(result == first for result in results)
+    assert stores[0].read() == first
+    assert stores[1].initialize({"writer": "late"}) == first
+
+
+def test_commit_bumps_version_and_appends_event(make_store: StoreFactory) -> None:
+    store, other = make_store(), make_store()
+    store.initialize(INITIAL)
+    event = {"actor": "admin", "change": {"canary_weight": [0, 10]}, "reason": "start canary"}
+
+    committed = store.commit(1, {**INITIAL, "canary_weight": 10}, event)
+
+    assert committed.config_version == 2
+    assert committed.document == {**INITIAL, "canary_weight": 10}
+    assert other.read() == committed
+    [logged] = other.events()
+    assert logged["config_version"] == 2
+    assert {key: logged[key] for key in event} == event
+    assert isinstance(logged["id"], int)
+    assert datetime.fromisoformat(logged["time"]).utcoffset() == timedelta(0)
+    assert "time" not in event and "config_version" not in event
+
+
+def test_commit_keeps_a_given_time_and_overrides_config_version(store: StateStore) -> None:
+    store.initialize(INITIAL)
+    store.commit(1, INITIAL, {"time": "2024-01-01T00:00:00Z", "config_version": 99, "id": -5})
+    [logged] = store.events()
+    assert logged["time"] == "2024-01-01T00:00:00Z"
+    assert logged["config_version"] == 2
+    assert logged["id"] != -5
+
+
+def test_stale_commit_raises_and_changes_nothing(store: StateStore) -> None:
+    store.initialize(INITIAL)
+    winner = store.commit(1, {**INITIAL, "strategy": "canary"}, {"actor": "first"})
+
+    with pytest.raises(StaleState) as raised:
+        store.commit(1, {**INITIAL, "strategy": "shadow"}, {"actor": "second"})
+
+    assert raised.value.current_version == 2
+    assert store.read() == winner
+    assert [event["actor"] for event in store.events()] == ["first"]
+
+
+def test_commit_on_an_empty_store_reports_version_zero(store: StateStore) -> None:
+    with pytest.raises(StaleState) as raised:
+        store.commit(3, INITIAL, {"actor": "admin"})
+    assert raised.value.current_version == 0
+    assert store.read() is None
+    assert store.events() == []
+
+
+def test_an_event_that_cannot_be_stored_changes_nothing(store: StateStore) -> None:
+    store.initialize(INITIAL)
+    with pytest.raises(TypeError):
+        store.commit(1, {**INITIAL, "strategy": "canary"}, {"actor": object()})
+    assert store.read().config_version == 1
+    assert store.events() == []
+
+
+def test_events_after_and_limit(store: StateStore) -> None:
+    state = store.initialize(INITIAL)
+    for step in range(5):
+        state = store.commit(state.config_version, {**INITIAL, "canary_weight": step}, {"step": step})
+
+    events = store.events()
+    ids = [event["id"] for event in events]
+    assert [event["step"] for event in events] == [0, 1, 2, 3, 4]
+    assert ids == sorted(set(ids))
+    assert [e["step"] for e in store.events(after=ids[1])] == [2, 3, 4]
+    assert [e["step"] for e in store.events(limit=2)] == [3, 4]
+    assert [e["step"] for e in store.events(limit=2, after=ids[0])] == [3, 4]
+    assert [e["step"] for e in store.events(limit=10, after=ids[2])] == [3, 4]
+    assert store.events(after=ids[-1]) == []
+    assert store.events(limit=0) == []
+
+
+def _commit_repeatedly(store: StateStore, worker: int, count: int) -> None:
+    """Add ``count`` entries to the shared document, re-reading after every lost race."""
+    for step in range(count):
+        while True:
+            state = store.read()
+            assert state is not None
+            document = dict(state.document)
+            document["counter"] += 1
+            document["writes"] = [*document["writes"], f"{worker}-{step}"]
+            try:
+                store.commit(state.config_version, document, {"actor": f"worker-{worker}"})
+                break
+            except StaleState:
+                continue
+
+
+def test_concurrent_commits_from_processes_lose_no_update(make_store: StoreFactory) -> None:
+    workers, per_worker = 4, 25
+    store = make_store()
+    store.initialize({"counter": 0, "writes": []})
+    # Forked after the store was used, like pre-loaded server workers: each child must open
+    # its own connections rather than share the parent's.
+    context = multiprocessing.get_context("fork")
+    processes = [
+        context.Process(target=_commit_repeatedly, args=(store, worker, per_worker))
+        for worker in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join(timeout=120)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+    assert [process.exitcode for process in processes] == [0] * workers
+
+    total = workers * per_worker
+    final = store.read()
+    assert final is not None and final.config_version == 1 + total
+    assert final.document["counter"] == total
+    assert len(set(final.document["writes"])) == total
+    events = store.events(limit=10 * total)
+    assert len(events) == total
+    assert [event["config_version"] for event in events] == list(range(2, total + 2))
+    assert [event["id"] for event in events] == sorted({event["id"] for event in events})
+
+
+def test_lease_is_exclusive_until_released_by_its_holder(make_store: StoreFactory) -> None:
+    one, two = make_store(), make_store()
+    assert one.acquire_lease("rollout", "router-a", ttl_s=30)
+    assert not two.acquire_lease("rollout", "router-b", ttl_s=30)
+    assert two.acquire_lease("other-lease", "router-b", ttl_s=30)
+
+    two.release_lease("rollout", "router-b")
+    assert not two.acquire_lease("rollout", "router-b", ttl_s=30)
+
+    one.release_lease("rollout", "router-a")
+    assert two.acquire_lease("rollout", "router-b", ttl_s=30)
+    assert not one.acquire_lease("rollout", "router-a", ttl_s=30)
+
+
+def test_lease_expires_after_its_ttl(make_store: StoreFactory) -> None:
+    one, two = make_store(), make_store()
+    assert one.acquire_lease("rollout", "router-a", ttl_s=0.2)
+    assert not two.acquire_lease("rollout", "router-b", ttl_s=0.2)
+    time.sleep(0.3)
+    assert two.acquire_lease("rollout", "router-b", ttl_s=30)
+    assert not one.acquire_lease("rollout", "router-a", ttl_s=0.2)
+
+
+def test_renewing_a_lease_extends_it(make_store: StoreFactory) -> None:
+    one, two = make_store(), make_store()
+    assert one.acquire_lease("rollout", "router-a", ttl_s=0.4)
+    time.sleep(0.25)
+    assert one.acquire_lease("rollout", "router-a", ttl_s=2.0)
+    time.sleep(0.25)  # past the first TTL, well inside the renewed one
+    assert not two.acquire_lease("rollout", "router-b", ttl_s=2.0)
+
+
+def test_lease_ttl_must_be_positive(store: StateStore) -> None:
+    with pytest.raises(ValueError, match="ttl_s"):
+        store.acquire_lease("rollout", "router-a", ttl_s=0)

@@ -1,0 +1,139 @@
+"""Starting real servers for tests: gunicorn subprocesses and in-process werkzeug servers.
+
+Every server listens on an ephemeral port. Subprocesses get an already-listening socket
+(``--bind fd://N``), so there is no race for the port; they are stopped by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+from werkzeug.serving import make_server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def listening_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def free_port() -> int:
+    """A port nothing listens on (for 'connection refused' cases)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+class ServerProcess:
+    """A gunicorn-served role (``python -m model_service serve`` or ``python -m router serve``)."""
+
+    def __init__(self, argv: list[str], env: Mapping[str, str], log_path: Path,
+                 ready_path: str = "/ready") -> None:
+        self.sock = listening_socket()
+        self.port = int(self.sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        full_env = {**os.environ, **env}
+        full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        full_env.pop("SERVICE_RUNTIME_DIR", None)
+        full_env.setdefault("WEB_CONCURRENCY", "2")
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, *argv, "--bind", f"fd://{self.sock.fileno()}"],
+            cwd=ROOT, env=full_env, pass_fds=[self.sock.fileno()],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        self.sock.close()
+        self.ready_path = ready_path
+
+    def wait_ready(self, timeout: float = 30.0) -> ServerProcess:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                return requests.get(self.url + self.ready_path, timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(ready, timeout)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signum)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return int(self.proc.returncode)
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def model_service(version: str, artifacts: Path, log_dir: Path, **env: str) -> ServerProcess:
+    """Start ``python -m model_service serve --version <version>`` on an ephemeral port."""
+    full = {"MODEL_ARTIFACTS": str(artifacts), **env}
+    return ServerProcess(
+        ["-m", "model_service", "serve", "--version", version],
+        full, log_dir / f"model-{version}-{time.monotonic_ns()}.log",
+    )
+
+
+class InProcessServer:
+    """A WSGI app served by werkzeug on an ephemeral port in a background thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.port = int(self.server.server_port)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> InProcessServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
