@@ -14,12 +14,21 @@ _READ_CHUNK = 64 * 1024
 
 def read_body(request: Request, max_bytes: int) -> bytes:
     """The raw body, refusing more than ``max_bytes`` whether or not Content-Length is sent."""
-    length = request.content_length
+    return read_environ_body(request.environ, max_bytes)
+
+
+def read_environ_body(environ: dict[str, Any], max_bytes: int) -> bytes:
+    """``read_body`` for a bare WSGI environ (chunked bodies arrive without CONTENT_LENGTH)."""
+    raw_length = environ.get("CONTENT_LENGTH") or ""
+    try:
+        length = int(raw_length) if raw_length else None
+    except ValueError:
+        raise BadRequest(f"Content-Length {raw_length!r} is not a number") from None
     if length is not None and length > max_bytes:
         raise PayloadTooLarge(f"request body is {length} bytes; the limit is {max_bytes} bytes")
-    stream = request.environ["wsgi.input"]
+    stream = environ["wsgi.input"]
     if length is not None:
-        return stream.read(length) if length else b""
+        return stream.read(length) if length > 0 else b""
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -27,7 +27,9 @@ __all__ = [
     "open_store",
 ]
 
-_FORMS = "sqlite:///path/to/state.db, a plain file path, or redis://host:port/db (rediss:// for TLS)"
+_FORMS = (
+    "sqlite:///path/to/state.db, a plain file path, or redis://host:port/db (rediss:// for TLS)"
+)
 
 
 def open_store(url: str) -> StateStore:

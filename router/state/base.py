@@ -15,7 +15,7 @@ Errors::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -96,7 +96,7 @@ def stamp_event(event: dict[str, Any], config_version: int) -> dict[str, Any]:
     stamped = {key: value for key, value in event.items() if key != "id"}
     stamped["config_version"] = config_version
     if "time" not in stamped:
-        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
         stamped["time"] = now.replace("+00:00", "Z")
     return stamped
 

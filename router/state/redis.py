@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -145,8 +145,11 @@ class RedisStateStore:
         if limit <= 0:
             return []
         with self._translate():
-            entries = self._client.xrevrange(
-                self._events_key, max="+", min=f"{max(after, 0) + 1}-0", count=limit
+            entries = cast(
+                "list[tuple[str, dict[str, str]]]",
+                self._client.xrevrange(
+                    self._events_key, max="+", min=f"{max(after, 0) + 1}-0", count=limit
+                ),
             )
         return [
             {"id": int(entry_id.split("-", 1)[0]), **json.loads(fields["event"])}
@@ -169,7 +172,9 @@ class RedisStateStore:
         Notifications can be missed (while disconnected, say): a listener uses them only to
         re-read sooner, never instead of reading.
         """
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        pubsub: PubSub = self._client.pubsub(  # type: ignore[no-untyped-call]
+            ignore_subscribe_messages=True
+        )
         with self._translate():
             pubsub.subscribe(self.changes_channel)
         return pubsub
@@ -189,6 +194,11 @@ class RedisStateStore:
             raise StoreUnavailable(
                 f"state store {self.url} is unreachable ({exc}): check ROUTER_STATE_URL "
                 "and that the server is running"
+            ) from exc
+        except redis.exceptions.InvalidResponse as exc:
+            raise StoreUnavailable(
+                f"state store {self.url} does not answer like a Redis server ({exc}): "
+                "check ROUTER_STATE_URL"
             ) from exc
         except redis.exceptions.RedisError as exc:
             raise StateStoreError(f"state store {self.url} failed: {exc}") from exc

@@ -49,6 +49,8 @@ _SCHEMA = (
     )""",
 )
 
+_SELECT_STATE = "SELECT config_version, document FROM routing_state WHERE singleton = 1"
+
 _UPSERT_STATE = """
     INSERT INTO routing_state (singleton, config_version, document) VALUES (1, ?, ?)
     ON CONFLICT (singleton) DO UPDATE
@@ -93,11 +95,8 @@ class SQLiteStateStore:
         return f"SQLiteStateStore({str(self.path)!r})"
 
     def read(self) -> StoredState | None:
-        with self._translate():
-            row = self._connection().execute(
-                "SELECT config_version, document FROM routing_state WHERE singleton = 1"
-            ).fetchone()
-        return None if row is None else StoredState(row[0], json.loads(row[1]))
+        rows = self._fetch(_SELECT_STATE)
+        return StoredState(rows[0][0], json.loads(rows[0][1])) if rows else None
 
     def initialize(self, document: dict[str, Any]) -> StoredState:
         encoded = json.dumps(document)
@@ -107,9 +106,7 @@ class SQLiteStateStore:
                 "VALUES (1, 1, ?)",
                 (encoded,),
             )
-            row = conn.execute(
-                "SELECT config_version, document FROM routing_state WHERE singleton = 1"
-            ).fetchone()
+            row = conn.execute(_SELECT_STATE).fetchone()
         return StoredState(row[0], json.loads(row[1]))
 
     def commit(
@@ -132,11 +129,10 @@ class SQLiteStateStore:
     def events(self, limit: int = 100, after: int = 0) -> list[dict[str, Any]]:
         if limit <= 0:
             return []
-        with self._translate():
-            rows = self._connection().execute(
-                "SELECT id, event FROM audit_events WHERE id > ? ORDER BY id DESC LIMIT ?",
-                (after, limit),
-            ).fetchall()
+        rows = self._fetch(
+            "SELECT id, event FROM audit_events WHERE id > ? ORDER BY id DESC LIMIT ?",
+            (after, limit),
+        )
         return [{"id": event_id, **json.loads(body)} for event_id, body in reversed(rows)]
 
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
@@ -178,6 +174,11 @@ class SQLiteStateStore:
         self._open_connections.add(conn)
         local.conn = conn
         return conn
+
+    def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Run one read-only query outside any transaction."""
+        with self._translate():
+            return self._connection().execute(sql, params).fetchall()
 
     @contextmanager
     def _transaction(self) -> Iterator[_Connection]:

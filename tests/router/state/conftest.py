@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from router.state.base import StateStore
 from router.state.redis import RedisStateStore
@@ -39,16 +41,21 @@ def free_port() -> int:
     """Return a loopback TCP port nothing listens on (bound once, then released)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
+    client = redis.Redis.from_url(
+        REDIS_TEST_URL, socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
     try:
         client.ping()
     except redis.exceptions.RedisError as exc:
-        skip_or_fail(f"no Redis answers at {REDIS_TEST_URL} ({exc}); start one or set REDIS_TEST_URL")
+        skip_or_fail(
+            f"no Redis answers at {REDIS_TEST_URL} ({exc}); start one or set REDIS_TEST_URL"
+        )
     finally:
         client.close()
     return REDIS_TEST_URL
@@ -107,12 +114,25 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2, socket_timeout=0.2)
+        client = redis.Redis.from_url(
+            self.url, socket_connect_timeout=0.2, socket_timeout=0.2, retry=Retry(NoBackoff(), 0)
+        )
         deadline = time.monotonic() + 10
         try:
             while True:
@@ -121,7 +141,10 @@ class RedisServer:
                     return
                 except redis.exceptions.ConnectionError:
                     if self.process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"redis-server did not start on port {self.port}")
+                        self.stop()
+                        raise RuntimeError(
+                            f"redis-server did not start on port {self.port}"
+                        ) from None
                     time.sleep(0.05)
         finally:
             client.close()

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from router.state import StaleState, StateStore
+from router.state import StaleState, StateStore, StoredState
 from tests.router.state.conftest import StoreFactory
 
 INITIAL = {"strategy": "release-in-place", "stable": "v1", "candidate": "v2", "canary_weight": 0}
@@ -27,7 +27,7 @@ def test_read_is_none_until_initialized(store: StateStore) -> None:
 def test_initialize_race_leaves_one_state(make_store: StoreFactory) -> None:
     stores = [make_store() for _ in range(6)]
     barrier = threading.Barrier(len(stores))
-    results: list[object] = [None] * len(stores)
+    results: list[StoredState | None] = [None] * len(stores)
 
     def initialize(index: int) -> None:
         barrier.wait()
@@ -97,14 +97,16 @@ def test_an_event_that_cannot_be_stored_changes_nothing(store: StateStore) -> No
     store.initialize(INITIAL)
     with pytest.raises(TypeError):
         store.commit(1, {**INITIAL, "strategy": "canary"}, {"actor": object()})
-    assert store.read().config_version == 1
+    assert store.read() == StoredState(1, INITIAL)
     assert store.events() == []
 
 
 def test_events_after_and_limit(store: StateStore) -> None:
     state = store.initialize(INITIAL)
     for step in range(5):
-        state = store.commit(state.config_version, {**INITIAL, "canary_weight": step}, {"step": step})
+        state = store.commit(
+            state.config_version, {**INITIAL, "canary_weight": step}, {"step": step}
+        )
 
     events = store.events()
     ids = [event["id"] for event in events]

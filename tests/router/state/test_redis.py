@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from router.state import StoreUnavailable
@@ -12,7 +14,7 @@ pytestmark = pytest.mark.redis
 
 
 def _assert_unavailable(store: RedisStateStore) -> None:
-    calls = {
+    calls: dict[str, Callable[[], object]] = {
         "read": store.read,
         "initialize": lambda: store.initialize({"strategy": "canary"}),
         "commit": lambda: store.commit(1, {"strategy": "canary"}, {"actor": "admin"}),

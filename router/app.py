@@ -1,0 +1,100 @@
+"""The router: a Flask app factory wiring state, upstream pools, metrics and the data path.
+
+    >>> app = create_app(RouterConfig(upstreams={"v1": "http://127.0.0.1:8001"}, stable="v1"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Flask, Response, current_app
+from prometheus_client import CollectorRegistry
+
+from common.config import ConfigError
+from common.errors import ServiceUnavailable, json_response, register_error_handlers
+from metrics.exposition import metrics_response
+from metrics.router import RouterMetrics
+from router.admin import admin
+from router.config import RouterConfig
+from router.context import RouterContext
+from router.datapath import DataPath
+from router.live_state import LiveState, Snapshot
+from router.shadow import Mirror
+from router.state import StateStore, open_store
+from router.upstream import UpstreamError, UpstreamPool
+
+EXTENSION = "router"
+
+
+def _ctx() -> RouterContext:
+    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+
+
+def create_app(
+    config: RouterConfig | None = None,
+    registry: CollectorRegistry | None = None,
+    store: StateStore | None = None,
+) -> Flask:
+    """Build the router for ``config`` (default: from the environment)."""
+    config = config or RouterConfig.from_env()
+    if store is None:
+        try:
+            store = open_store(config.state_url)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    registry = registry or CollectorRegistry()
+    metrics = RouterMetrics(registry)
+    pools = {
+        label: UpstreamPool(label, url, config.connect_timeout_s)
+        for label, url in config.upstreams.items()
+    }
+    mirror = Mirror(pools, metrics, config.shadow_workers, config.shadow_queue, config.timeout_s)
+    ctx_holder: list[RouterContext] = []
+
+    def on_change(snapshot: Snapshot) -> None:
+        if ctx_holder:
+            metrics.routing(snapshot.config_version, ctx_holder[0].weights(snapshot.routing))
+
+    live = LiveState(config, store, on_change=on_change)
+    ctx = RouterContext(config, store, live, pools, metrics, mirror, registry)
+    ctx_holder.append(ctx)
+    on_change(live.current)
+
+    app = Flask(__name__)
+    app.extensions[EXTENSION] = ctx
+    register_error_handlers(app)
+    app.register_blueprint(admin)
+
+    @app.get("/health")
+    def health() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/ready")
+    def ready() -> Response:
+        ctx = _ctx()
+        if not ctx.live.loaded:
+            raise ServiceUnavailable(
+                f"routing state not loaded yet: {ctx.live.last_error or 'reading the store'}",
+                code="not_ready",
+            )
+        stable = ctx.live.current.routing.stable
+        try:
+            resp = ctx.pools[stable].request(
+                "GET", "/ready", b"", [], time.monotonic() + min(1.0, ctx.config.timeout_s)
+            )
+        except UpstreamError as exc:
+            raise ServiceUnavailable(f"stable version {stable} is not reachable: {exc}",
+                                     code="not_ready") from None
+        if resp.status != 200:
+            raise ServiceUnavailable(f"stable version {stable} is not ready ({resp.status})",
+                                     code="not_ready")
+        return json_response({"status": "ready", "stable": stable,
+                              "config_version": ctx.live.current.config_version})
+
+    @app.get("/metrics")
+    def metrics_endpoint() -> Response:
+        return metrics_response(_ctx().registry)
+
+    app.wsgi_app = DataPath(app.wsgi_app, config, live, pools, metrics, mirror)  # type: ignore[method-assign]
+    live.start()
+    return app

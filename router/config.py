@@ -1,0 +1,96 @@
+"""Router settings, read from the environment in one place and validated at start-up."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from common.config import ConfigError, env_bool, env_float, env_int, env_str, environ
+from strategies import UnknownStrategy, get, names
+
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+
+
+def parse_upstreams(raw: str | None) -> dict[str, str]:
+    """``v1=http://127.0.0.1:8001,v2=http://127.0.0.1:8002`` -> {label: base URL}."""
+    if not raw:
+        raise ConfigError(
+            "ROUTER_UPSTREAMS is not set: give the model services as "
+            "v1=http://127.0.0.1:8001,v2=http://127.0.0.1:8002"
+        )
+    upstreams: dict[str, str] = {}
+    for item in raw.split(","):
+        label, sep, url = item.strip().partition("=")
+        label, url = label.strip(), url.strip().rstrip("/")
+        if not sep or not _LABEL.match(label):
+            raise ConfigError(f"ROUTER_UPSTREAMS entry {item!r} must look like v1=http://host:port")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("",):
+            raise ConfigError(
+                f"ROUTER_UPSTREAMS entry {label}={url!r} must be an http(s)://host[:port] URL"
+            )
+        if label in upstreams:
+            raise ConfigError(f"ROUTER_UPSTREAMS names {label!r} twice")
+        upstreams[label] = url
+    return upstreams
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Everything the router needs to start; upstreams are fixed for the process's life."""
+
+    upstreams: dict[str, str] = field(default_factory=dict)
+    stable: str = ""
+    candidate: str | None = None
+    strategy: str = "release-in-place"
+    admin_token: str | None = None
+    state_url: str = "var/router-state.db"
+    timeout_s: float = 10.0
+    connect_timeout_s: float = 1.0
+    allow_route_to: bool = True
+    max_body_bytes: int = 8 * 1024 * 1024
+    shadow_workers: int = 4
+    shadow_queue: int = 64
+    refresh_interval_s: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not self.upstreams:
+            raise ConfigError("ROUTER_UPSTREAMS must name at least one model service")
+        for role, label in (("ROUTER_STABLE", self.stable), ("ROUTER_CANDIDATE", self.candidate)):
+            if label is not None and label not in self.upstreams:
+                raise ConfigError(
+                    f"{role}={label!r} is not in ROUTER_UPSTREAMS ({', '.join(self.upstreams)})"
+                )
+        if self.candidate == self.stable:
+            raise ConfigError("ROUTER_CANDIDATE must differ from ROUTER_STABLE")
+        try:
+            get(self.strategy)
+        except UnknownStrategy:
+            raise ConfigError(
+                f"ROUTER_STRATEGY={self.strategy!r} is unknown; valid: {', '.join(names())}"
+            ) from None
+        if self.connect_timeout_s > self.timeout_s:
+            object.__setattr__(self, "connect_timeout_s", self.timeout_s)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RouterConfig:
+        env = environ() if env is None else env
+        upstreams = parse_upstreams(env_str(env, "ROUTER_UPSTREAMS"))
+        labels = list(upstreams)
+        return cls(
+            upstreams=upstreams,
+            stable=env_str(env, "ROUTER_STABLE", labels[0]) or labels[0],
+            candidate=env_str(env, "ROUTER_CANDIDATE", labels[1] if len(labels) > 1 else None),
+            strategy=env_str(env, "ROUTER_STRATEGY", "release-in-place") or "release-in-place",
+            admin_token=env_str(env, "ROUTER_ADMIN_TOKEN"),
+            state_url=env_str(env, "ROUTER_STATE_URL", "var/router-state.db") or "",
+            timeout_s=env_float(env, "ROUTER_TIMEOUT_S", 10.0, 0.05, 29.0),
+            connect_timeout_s=env_float(env, "ROUTER_CONNECT_TIMEOUT_S", 1.0, 0.01, 29.0),
+            allow_route_to=env_bool(env, "ROUTER_ALLOW_ROUTE_TO", True),
+            max_body_bytes=env_int(env, "ROUTER_MAX_BODY_BYTES", 8 * 1024 * 1024, 1024),
+            shadow_workers=env_int(env, "ROUTER_SHADOW_WORKERS", 4, 1, 64),
+            shadow_queue=env_int(env, "ROUTER_SHADOW_QUEUE", 64, 1, 10_000),
+            refresh_interval_s=env_float(env, "ROUTER_REFRESH_S", 0.25, 0.01, 1.0),
+        )

@@ -1,0 +1,36 @@
+"""Everything one router app owns, hung off ``app.extensions["router"]``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from metrics.router import RouterMetrics
+from router.config import RouterConfig
+from router.live_state import LiveState
+from router.shadow import Mirror
+from router.state import StateStore
+from router.upstream import UpstreamPool
+from strategies import RoutingState
+
+
+@dataclass
+class RouterContext:
+    config: RouterConfig
+    store: StateStore
+    live: LiveState
+    pools: dict[str, UpstreamPool]
+    metrics: RouterMetrics
+    mirror: Mirror
+    registry: CollectorRegistry
+
+    def weights(self, routing: RoutingState) -> dict[str, int]:
+        """Percent of client traffic each configured version answers under ``routing``."""
+        weights = dict.fromkeys(self.config.upstreams, 0)
+        if routing.strategy == "canary" and routing.candidate:
+            weights[routing.candidate] = routing.canary_weight
+            weights[routing.stable] = 100 - routing.canary_weight
+        else:
+            weights[routing.stable] = 100
+        return weights

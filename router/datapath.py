@@ -1,0 +1,138 @@
+"""The data path: ``POST /predict`` forwarded to the version the strategy picks.
+
+A bare WSGI callable in front of the Flask app (which serves everything else): the hot path
+does only what forwarding needs. The strategy decides; this module sends.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+
+from common.body import read_environ_body
+from common.errors import APIError, BadGateway, GatewayTimeout, NotFound, UnsupportedMediaType
+from metrics.router import RouterMetrics
+from router.config import RouterConfig
+from router.live_state import LiveState
+from router.shadow import MirrorJob, Mirror
+from router.upstream import Timeout, Unreachable, UpstreamPool, UpstreamResponse, end_to_end
+from strategies import Decision, RequestFacts, route
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
+_DROP_FROM_UPSTREAM = frozenset({"content-length", "date", "server", "x-model-version", "x-request-id"})
+_DROP_FROM_CLIENT = frozenset({"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-route-to"})
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+def client_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
+    headers = []
+    if environ.get("CONTENT_TYPE"):
+        headers.append(("Content-Type", environ["CONTENT_TYPE"]))
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            name = key[5:].replace("_", "-").title()
+            if name.lower() not in _DROP_FROM_CLIENT:
+                headers.append((name, value))
+    return end_to_end(headers)
+
+
+class DataPath:
+    """WSGI middleware: serves ``/predict`` itself, hands every other path to ``fallback_app``."""
+
+    def __init__(self, fallback_app: Callable[..., Iterable[bytes]], config: RouterConfig,
+                 live: LiveState, pools: dict[str, UpstreamPool], metrics: RouterMetrics,
+                 mirror: Mirror) -> None:
+        self.fallback_app = fallback_app
+        self.config = config
+        self.live = live
+        self.pools = pools
+        self.metrics = metrics
+        self.mirror = mirror
+        self.rng = random.Random()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/predict" or environ.get("REQUEST_METHOD") != "POST":
+            return self.fallback_app(environ, start_response)
+        started = time.perf_counter()
+        deadline = time.monotonic() + self.config.timeout_s
+        given_id = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = given_id if _REQUEST_ID.match(given_id) else uuid.uuid4().hex
+        snapshot = self.live.current
+        version = snapshot.routing.stable
+        try:
+            decision = self._decide(environ)
+            version = decision.version
+            body = self._read(environ)
+            headers = client_headers(environ)
+            headers.append(("X-Request-ID", request_id))
+            headers.append(("X-Forwarded-For", environ.get("REMOTE_ADDR", "")))
+            resp, version = self._forward(decision, body, headers, deadline)
+            status, payload = resp.status, resp.body
+            out = [(n, v) for n, v in end_to_end(resp.headers) if n.lower() not in _DROP_FROM_UPSTREAM]
+            if decision.mirror_to and status == 200:
+                self.mirror.submit(MirrorJob(version, decision.mirror_to, body, headers, payload))
+        except APIError as err:
+            status, payload = err.status, orjson.dumps(err.body())
+            out = [("Content-Type", "application/json")]
+        out += [("Content-Length", str(len(payload))), ("X-Model-Version", version),
+                ("X-Request-ID", request_id)]
+        self.metrics.request(version, snapshot.routing.strategy, status,
+                             time.perf_counter() - started)
+        start_response(_STATUS_LINES.get(status, f"{status} Unknown"), out)
+        return [payload]
+
+    def _decide(self, environ: dict[str, Any]) -> Decision:
+        forced = environ.get("HTTP_X_ROUTE_TO") if self.config.allow_route_to else None
+        if forced is not None and forced not in self.pools:
+            raise NotFound(
+                f"X-Route-To names unknown version {forced!r}; known: {', '.join(self.pools)}",
+                code="unknown_version",
+            )
+        facts = RequestFacts(
+            user_key=environ.get("HTTP_X_USER_ID") or None,
+            forced_version=forced,
+            draw=self.rng.random(),
+            mirror_draw=self.rng.random(),
+        )
+        return route(self.live.current.routing, facts)
+
+    def _read(self, environ: dict[str, Any]) -> bytes:
+        ctype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json":
+            raise UnsupportedMediaType(
+                f"Content-Type must be application/json, got {ctype or 'none'!r}"
+            )
+        return read_environ_body(environ, self.config.max_body_bytes)
+
+    def _forward(self, decision: Decision, body: bytes, headers: list[tuple[str, str]],
+                 deadline: float) -> tuple[UpstreamResponse, str]:
+        tried = []
+        for version in (decision.version, decision.fallback):
+            if version is None or version in tried:
+                continue
+            tried.append(version)
+            try:
+                resp = self.pools[version].request("POST", "/predict", body, headers, deadline)
+            except Unreachable as exc:
+                self.metrics.upstream_errors.labels(version=version, reason=exc.reason).inc()
+                last = exc
+                continue
+            except Timeout:
+                self.metrics.upstream_errors.labels(version=version, reason="timeout").inc()
+                raise GatewayTimeout(
+                    f"version {version} did not answer within ROUTER_TIMEOUT_S="
+                    f"{self.config.timeout_s:g} s", code="upstream_timeout",
+                ) from None
+            if resp.status >= 500:
+                self.metrics.upstream_errors.labels(version=version, reason="http_5xx").inc()
+            return resp, version
+        raise BadGateway(f"no model service answered: {last}", code="upstream_unreachable")

@@ -1,0 +1,155 @@
+"""The routing state as this process sees it: a cached copy, refreshed from the store.
+
+The data path never touches the store: it reads ``LiveState.current`` (one reference). A
+background thread re-reads the store every ``refresh_interval_s``; when the store is unreachable
+the router keeps routing on the last state it saw. Changes go through :meth:`LiveState.change`,
+a compare-and-set on ``config_version`` that appends an audit event in the same write.
+
+    >>> live.change(lambda s: replace(s, canary_weight=25), actor="cli", reason="step")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from router.config import RouterConfig
+from router.state import StaleState, StateStore, StoredState, StoreUnavailable
+from strategies import RoutingState
+
+log = logging.getLogger(__name__)
+STATE_FIELDS = ("strategy", "stable", "candidate", "canary_weight", "shadow_percent", "previous_stable")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent view: the routing state, its version, and the rollout document."""
+
+    config_version: int
+    routing: RoutingState
+    rollout: dict[str, Any] | None = None
+
+    def document(self) -> dict[str, Any]:
+        return {**asdict(self.routing), "rollout": self.rollout}
+
+
+def snapshot_of(stored: StoredState) -> Snapshot:
+    doc = stored.document
+    routing = RoutingState(**{k: doc[k] for k in STATE_FIELDS if k in doc})
+    return Snapshot(stored.config_version, routing, doc.get("rollout"))
+
+
+class LiveState:
+    """The process's view of the shared routing state, and the only way to change it."""
+
+    def __init__(self, config: RouterConfig, store: StateStore,
+                 on_change: Callable[[Snapshot], None] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.on_change = on_change
+        self.store_ok = False
+        self.last_error: str | None = None
+        initial = RoutingState(config.strategy, config.stable, config.candidate)
+        self.current = Snapshot(0, initial)  # provisional until the store answers
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self.refresh()
+
+    @property
+    def loaded(self) -> bool:
+        return self.current.config_version > 0
+
+    def refresh(self) -> Snapshot:
+        """Read the store (initialising it on first use); on an outage keep the last state."""
+        try:
+            stored = self.store.read()
+            if stored is None:
+                stored = self.store.initialize(self.current.document() | {"rollout": None})
+        except StoreUnavailable as exc:
+            if self.store_ok:
+                log.warning("state store unreachable, routing on config_version %d: %s",
+                            self.current.config_version, exc)
+            self.store_ok, self.last_error = False, str(exc)
+            return self.current
+        self.store_ok, self.last_error = True, None
+        if stored.config_version != self.current.config_version:
+            self._publish(snapshot_of(stored))
+        return self.current
+
+    def _publish(self, snapshot: Snapshot) -> None:
+        if snapshot.config_version < self.current.config_version:
+            return
+        self.current = snapshot
+        if self.on_change is not None:
+            self.on_change(snapshot)
+
+    def start(self) -> None:
+        """Start the refresher thread (once per process; safe after fork)."""
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name="state-refresh", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.config.refresh_interval_s):
+            try:
+                self.refresh()
+            except Exception:  # the refresher must outlive any single bad read
+                log.exception("state refresh failed")
+
+    def change(
+        self,
+        mutate: Callable[[Snapshot], Snapshot],
+        *,
+        actor: str,
+        action: str,
+        reason: str | None,
+        if_match: int | None = None,
+        evidence: dict[str, Any] | None = None,
+    ) -> Snapshot:
+        """Apply ``mutate`` to the stored state as one compare-and-set, with an audit event.
+
+        With ``if_match`` a concurrent change raises StaleState; without it the change is
+        re-applied to the newer state (a few attempts). StoreUnavailable propagates.
+        """
+        for _ in range(5):
+            stored = self.store.read()
+            if stored is None:
+                stored = self.store.initialize(self.current.document())
+            before = snapshot_of(stored)
+            if if_match is not None and if_match != before.config_version:
+                raise StaleState(before.config_version, if_match)
+            after = mutate(before)
+            old, new = _diff(before.document(), after.document())
+            event = {"actor": actor, "action": action, "reason": reason, "old": old, "new": new}
+            if evidence is not None:
+                event["evidence"] = evidence
+            try:
+                committed = self.store.commit(before.config_version, after.document(), event)
+            except StaleState:
+                if if_match is not None:
+                    raise
+                continue
+            self.store_ok = True
+            self._publish(snapshot_of(committed))
+            return self.current
+        raise StaleState(self.current.config_version)
+
+
+def _diff(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    keys = [k for k in after if before.get(k) != after.get(k)]
+    return {k: before.get(k) for k in keys}, {k: after.get(k) for k in keys}
+
+
+def with_routing(snapshot: Snapshot, **changes: Any) -> Snapshot:
+    """A copy of ``snapshot`` with some routing fields changed (validated by RoutingState)."""
+    return replace(snapshot, routing=replace(snapshot.routing, **changes))

@@ -1,0 +1,123 @@
+"""Shadow traffic: copies of requests sent to the candidate off the request path, then compared.
+
+A bounded queue feeds a few worker threads. When the queue is full the copy is dropped and
+counted; the client's response never waits for the candidate, and never sees its answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from metrics.router import RouterMetrics
+from router.upstream import Timeout, UpstreamError, UpstreamPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MirrorJob:
+    stable: str
+    candidate: str
+    body: bytes
+    headers: list[tuple[str, str]]
+    stable_body: bytes
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How a candidate's answer compares with stable's for one request."""
+
+    agree: bool
+    max_probability_diff: float
+    rows: int
+
+
+def compare(stable_body: bytes, candidate_body: bytes) -> Comparison | None:
+    """Same predicted class on every row, and the largest probability difference; None if unusable."""
+    try:
+        ours, theirs = orjson.loads(stable_body), orjson.loads(candidate_body)
+        p1, p2 = ours["predictions"], theirs["predictions"]
+        q1, q2 = ours["probabilities"], theirs["probabilities"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    if len(p1) != len(p2) or len(q1) != len(q2):
+        return Comparison(False, 1.0, len(p1))
+    diff = max(
+        (abs(a - b) for r1, r2 in zip(q1, q2, strict=True) for a, b in zip(r1, r2, strict=False)),
+        default=0.0,
+    )
+    return Comparison(p1 == p2, float(diff), len(p1))
+
+
+class Mirror:
+    """The bounded shadow queue and its workers for one router process."""
+
+    def __init__(self, pools: dict[str, UpstreamPool], metrics: RouterMetrics,
+                 workers: int, capacity: int, timeout_s: float) -> None:
+        self.pools = pools
+        self.metrics = metrics
+        self.workers = workers
+        self.timeout_s = timeout_s
+        self.jobs: queue.Queue[MirrorJob] = queue.Queue(maxsize=capacity)
+        self._started = False
+        self._lock = threading.Lock()
+
+    def submit(self, job: MirrorJob) -> bool:
+        """Queue a copy; False (and counted as dropped) when the queue is full."""
+        if not self._started:
+            self._start()
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            self.metrics.shadow_requests.labels(version=job.candidate, outcome="dropped").inc()
+            return False
+        return True
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            for i in range(self.workers):
+                threading.Thread(target=self._work, name=f"shadow-{i}", daemon=True).start()
+            self._started = True
+
+    def _work(self) -> None:
+        while True:
+            job = self.jobs.get()
+            try:
+                self._mirror(job)
+            except Exception:
+                log.exception("shadow request failed unexpectedly")
+
+    def _mirror(self, job: MirrorJob) -> None:
+        outcome = "ok"
+        try:
+            resp = self.pools[job.candidate].request(
+                "POST", "/predict", job.body, job.headers, time.monotonic() + self.timeout_s
+            )
+        except Timeout:
+            outcome = "timeout"
+        except UpstreamError as exc:
+            outcome = exc.reason if exc.reason in ("refused", "reset") else "unreachable"
+        else:
+            if resp.status != 200:
+                outcome = "error"
+            else:
+                result = compare(job.stable_body, resp.body)
+                if result is None:
+                    outcome = "invalid"
+                else:
+                    labels = {"stable": job.stable, "candidate": job.candidate}
+                    self.metrics.shadow_comparisons.labels(
+                        result="agree" if result.agree else "disagree", **labels
+                    ).inc()
+                    self.metrics.shadow_probability_diff.labels(**labels).observe(
+                        result.max_probability_diff
+                    )
+        self.metrics.shadow_requests.labels(version=job.candidate, outcome=outcome).inc()
