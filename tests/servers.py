@@ -137,3 +137,16 @@ class InProcessServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def router(upstreams: Mapping[str, str], log_dir: Path, state_url: str, token: str | None = "admin-secret",
+           **env: str) -> ServerProcess:
+    """Start ``python -m router serve`` on an ephemeral port in front of ``upstreams``."""
+    full = {
+        "ROUTER_UPSTREAMS": ",".join(f"{k}={v}" for k, v in upstreams.items()),
+        "ROUTER_STATE_URL": state_url,
+        **env,
+    }
+    if token:
+        full["ROUTER_ADMIN_TOKEN"] = token
+    return ServerProcess(["-m", "router", "serve"], full, log_dir / f"router-{time.monotonic_ns()}.log")
