@@ -1,7 +1,8 @@
 """gunicorn settings shared by the router and the model service (``-c python:common.gunicorn_conf``).
 
-Threaded workers keep client connections alive (the router pools connections to the model
-services; gunicorn's sync worker would close every one). Timeouts fit Heroku: the dyno gets
+gevent workers keep client connections alive (the router pools connections to the model
+services; gunicorn's sync worker would close every one), cost about half the CPU per request of
+the threaded worker, and let one router process wait on many slow upstreams at once. Timeouts fit Heroku: the dyno gets
 SIGKILL 30 s after SIGTERM, so in-flight requests get 25 s to finish.
 """
 
@@ -12,7 +13,8 @@ import shutil
 from pathlib import Path
 
 wsgi_app = None
-worker_class = "gthread"
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
+worker_connections = 1000
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 keepalive = 75

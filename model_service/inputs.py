@@ -66,6 +66,14 @@ def _records_to_rows(records: list[Any], features: Sequence[str]) -> list[list[A
     return rows
 
 
+def _refuse_booleans(rows: list[Any], matrix: np.ndarray) -> None:
+    """numpy turns a JSON true/false among numbers into 1/0; only rows holding a 0 or 1 can hide one."""
+    suspects = np.flatnonzero(((matrix == 0) | (matrix == 1)).any(axis=1))
+    for i in suspects:
+        if any(isinstance(cell, bool) for cell in rows[i]):
+            raise Unprocessable(_first_bad_cell(rows, matrix.shape[1]))
+
+
 def to_matrix(doc: dict[str, Any], features: Sequence[str], max_rows: int) -> np.ndarray:
     """Validate ``doc["instances"]`` and return an (n, len(features)) float64 matrix."""
     if "instances" not in doc:
@@ -96,6 +104,7 @@ def to_matrix(doc: dict[str, Any], features: Sequence[str], max_rows: int) -> np
         raise Unprocessable(
             f"rows have {matrix.shape[1]} values; the model expects {width} features"
         )
+    _refuse_booleans(rows, matrix)
     if matrix.dtype.kind != "f":
         matrix = matrix.astype(np.float64)
     if not np.isfinite(matrix).all():

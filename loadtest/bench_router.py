@@ -1,0 +1,118 @@
+"""Router benchmark: forwarding cost against nginx, added latency, and shadow isolation.
+
+    python -m loadtest.bench_router [--quick]
+
+Everything is measured side by side in one run, interleaved in rounds, medians reported:
+- CPU per forwarded request (router vs nginx in front of the same v1 service, wrk, 4 connections)
+  and the share of direct throughput each keeps;
+- p50 added latency at concurrency 1 (router minus direct);
+- client p50 with 100% shadow to a candidate that sleeps 200 ms, against shadow off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import requests
+
+from loadtest.harness import (
+    Proc, ensure_artifacts, free_port, latencies, median, model_service, nginx, percentile,
+    router, sample_body, table, wrk,
+)
+
+
+def _cpu_per_request(proc: Proc, url: str, body: bytes, seconds: float) -> tuple[float, float]:
+    before = proc.cpu_seconds()
+    rps = wrk(url, body, seconds)
+    spent = proc.cpu_seconds() - before
+    return rps, spent / (rps * seconds)
+
+
+def _patch(url: str, **fields: Any) -> None:
+    resp = requests.patch(url + "/admin/state", json=fields,
+                          headers={"Authorization": "Bearer bench"}, timeout=5)
+    resp.raise_for_status()
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    ensure_artifacts()
+    rounds, seconds, n_lat = (2, 2, 300) if quick else (3, 4, 1000)
+    body = sample_body(1)
+    procs: list[Proc] = []
+    rows: list[dict[str, Any]] = []
+    try:
+        v1 = model_service("v1", free_port(), workers=1)
+        procs.append(v1)
+        slow = model_service("v2", free_port(), workers=1, FAULT_LATENCY_MS="200")
+        procs.append(slow)
+        rt = router(free_port(), {"v1": v1.url, "v2": slow.url}, workers=1, ROUTER_STRATEGY="shadow")
+        procs.append(rt)
+        ngx = nginx(free_port(), int(v1.url.rsplit(":", 1)[1]))
+        if ngx is not None:
+            procs.append(ngx)
+        _patch(rt.url, shadow_percent=0)
+
+        results: dict[str, list[tuple[float, float]]] = {"direct": [], "nginx": [], "router": []}
+        for _ in range(rounds):
+            results["direct"].append(_cpu_per_request(v1, v1.url, body, seconds))
+            if ngx is not None:
+                results["nginx"].append(_cpu_per_request(ngx, ngx.url, body, seconds))
+            results["router"].append(_cpu_per_request(rt, rt.url, body, seconds))
+        rps = {k: median([r for r, _ in v]) for k, v in results.items() if v}
+        cpu = {k: median([c for _, c in v]) for k, v in results.items() if v}
+        rows.append({"measure": "direct to v1: throughput (wrk -c4)", "value": f"{rps['direct']:.0f} req/s"})
+        if ngx is not None:
+            rows.append({"measure": "nginx -> v1: throughput kept",
+                         "value": f"{rps['nginx'] / rps['direct']:.0%} ({rps['nginx']:.0f} req/s)"})
+            rows.append({"measure": "nginx CPU per forwarded request", "value": f"{cpu['nginx'] * 1e3:.3f} ms"})
+        rows.append({"measure": "router -> v1: throughput kept",
+                     "value": f"{rps['router'] / rps['direct']:.0%} ({rps['router']:.0f} req/s)"})
+        rows.append({"measure": "router CPU per forwarded request", "value": f"{cpu['router'] * 1e3:.3f} ms"})
+        if ngx is not None:
+            ratio = cpu["router"] / cpu["nginx"]
+            rows.append({"measure": "router CPU / nginx CPU", "value": f"{ratio:.1f}x",
+                         "target": "<= 5x", "verdict": "PASS" if ratio <= 5 else "FAIL"})
+
+        direct_lat: list[float] = []
+        router_lat: list[float] = []
+        latencies(v1.url, body, 200)
+        latencies(rt.url, body, 200)
+        for _ in range(rounds * 2):
+            direct_lat += latencies(v1.url, body, n_lat // (rounds * 2))
+            router_lat += latencies(rt.url, body, n_lat // (rounds * 2))
+        added = percentile(router_lat, 0.5) - percentile(direct_lat, 0.5)
+        rows.append({"measure": "p50 direct / via router (c=1)",
+                     "value": f"{percentile(direct_lat, 0.5) * 1e3:.3f} / {percentile(router_lat, 0.5) * 1e3:.3f} ms"})
+        rows.append({"measure": "added p50 latency (router - direct)", "value": f"{added * 1e3:.3f} ms",
+                     "target": "<= 0.5 ms", "verdict": "PASS" if added <= 0.0005 else "FAIL"})
+
+        off: list[float] = []
+        on: list[float] = []
+        for _ in range(rounds * 2):
+            _patch(rt.url, shadow_percent=0)
+            time.sleep(0.3)
+            off += latencies(rt.url, body, n_lat // (rounds * 2))
+            _patch(rt.url, shadow_percent=100)
+            time.sleep(0.3)
+            on += latencies(rt.url, body, n_lat // (rounds * 2))
+        ratio = percentile(on, 0.5) / percentile(off, 0.5)
+        rows.append({"measure": "client p50, shadow 100% to a 200 ms candidate / shadow off",
+                     "value": f"{ratio:.2f}x ({percentile(on, 0.5) * 1e3:.3f} / {percentile(off, 0.5) * 1e3:.3f} ms)",
+                     "target": "<= 1.1x", "verdict": "PASS" if ratio <= 1.1 else "FAIL"})
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter rounds")
+    args = parser.parse_args()
+    print(table(run(quick=args.quick)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Shared pieces of the benchmarks: starting servers, CPU accounting, latency loops, tables."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_artifacts() -> Path:
+    root = ROOT / "artifacts"
+    if not (root / "v1" / "metadata.json").exists() or not (root / "v2" / "metadata.json").exists():
+        subprocess.run([sys.executable, "-m", "model_service", "train"], cwd=ROOT, check=True)
+    return root
+
+
+def sample_body(rows: int = 1) -> bytes:
+    from sklearn.datasets import load_breast_cancer
+
+    import orjson
+
+    data = load_breast_cancer().data
+    return orjson.dumps({"instances": [data[i % len(data)].tolist() for i in range(rows)]})
+
+
+class Proc:
+    """A server subprocess we started and stop by PID."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], url: str, ready: str = "/ready") -> None:
+        full = {k: v for k, v in os.environ.items()
+                if k not in ("PROMETHEUS_MULTIPROC_DIR", "SERVICE_RUNTIME_DIR")}
+        full.update(env)
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=full, stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = url
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"{argv} exited:\n{self.log.read().decode()[-3000:]}")
+            try:
+                if requests.get(url + ready, timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{argv} not ready at {url}")
+
+    def pids(self) -> list[int]:
+        """This process and its descendants."""
+        out = subprocess.run(["ps", "-eo", "pid,ppid"], capture_output=True, text=True).stdout
+        children: dict[int, list[int]] = {}
+        for line in out.splitlines()[1:]:
+            pid, ppid = map(int, line.split())
+            children.setdefault(ppid, []).append(pid)
+        found, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo.extend(children.get(pid, []))
+        return found
+
+    def cpu_seconds(self) -> float:
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / CLK_TCK
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def model_service(version: str, port: int, workers: int = 1, **env: str) -> Proc:
+    return Proc(
+        [sys.executable, "-m", "model_service", "serve", "--version", version,
+         "--port", str(port), "--workers", str(workers)],
+        {"MODEL_ARTIFACTS": str(ROOT / "artifacts"), **env}, f"http://127.0.0.1:{port}",
+    )
+
+
+def router(port: int, upstreams: dict[str, str], workers: int = 1, **env: str) -> Proc:
+    state = tempfile.mkdtemp(prefix="bench-router-")
+    return Proc(
+        [sys.executable, "-m", "router", "serve", "--port", str(port), "--workers", str(workers)],
+        {"ROUTER_UPSTREAMS": ",".join(f"{k}={v}" for k, v in upstreams.items()),
+         "ROUTER_STATE_URL": f"{state}/state.db", "ROUTER_ADMIN_TOKEN": "bench", **env},
+        f"http://127.0.0.1:{port}",
+    )
+
+
+def nginx(port: int, upstream_port: int) -> Proc | None:
+    """nginx from the system package as a reverse-proxy reference; None when not installed."""
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if binary is None:
+        return None
+    prefix = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
+    (prefix / "logs").mkdir()
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;
+  fastcgi_temp_path {prefix}/fcgi; uwsgi_temp_path {prefix}/uwsgi; scgi_temp_path {prefix}/scgi;
+  upstream model {{ server 127.0.0.1:{upstream_port}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ proxy_pass http://model; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+""")
+    return Proc([binary, "-p", str(prefix), "-c", str(conf)], {}, f"http://127.0.0.1:{port}",
+                ready="/health")
+
+
+def latencies(url: str, body: bytes, n: int, headers: dict[str, str] | None = None) -> list[float]:
+    """Seconds per request, concurrency 1, one keep-alive connection."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port))
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        conn.request("POST", "/predict", body, hdrs)
+        resp = conn.getresponse()
+        resp.read()
+        out.append(time.perf_counter() - t0)
+        if resp.status != 200:
+            raise RuntimeError(f"{url} answered {resp.status}")
+    conn.close()
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def wrk(url: str, body: bytes, seconds: float, connections: int = 4) -> float:
+    """Requests per second measured by wrk (POST /predict with ``body``)."""
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    escaped = body.decode().replace("\\", "\\\\").replace('"', '\\"')
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.body = "{escaped}"\n'
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url + "/predict"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    script.unlink()
+    for line in out.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+        if "Non-2xx" in line:
+            raise RuntimeError(f"wrk saw errors: {line}")
+    raise RuntimeError(f"wrk output not understood:\n{out}")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    cols = ["measure", "value", "target", "verdict"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
