@@ -41,6 +41,10 @@ class RouterMetrics:
             "router_shadow_probability_diff", "Largest absolute probability difference per request.",
             ["stable", "candidate"], buckets=PROBABILITY_DIFF_BUCKETS, registry=registry,
         )
+        self.shadow_duration = Histogram(
+            "router_shadow_duration_seconds", "Latency of mirrored requests by candidate version.",
+            ["version"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
         self.traffic_weight = Gauge(
             "router_traffic_weight", "Percent of client traffic each version answers.",
             ["version"], registry=registry, multiprocess_mode="mostrecent",

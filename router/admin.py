@@ -16,7 +16,6 @@ from common.body import read_json_object
 from common.errors import (
     BadRequest,
     Conflict,
-    NotImplementedYet,
     PreconditionFailed,
     ServiceUnavailable,
     Unprocessable,
@@ -24,6 +23,7 @@ from common.errors import (
 )
 from router.context import RouterContext
 from router.live_state import Snapshot, with_routing
+from router.rollout import ACTIVE
 from router.state import StaleState, StoreUnavailable
 from strategies import NoCandidate, StrategyError, get, names
 
@@ -205,7 +205,13 @@ def _transition(action: str) -> Response:
             raise Conflict("there is no candidate to promote; set one with PATCH /admin/state") from None
         except StrategyError as exc:
             raise Conflict(str(exc)) from None
-        return Snapshot(snap.config_version, routing, snap.rollout)
+        rollout = snap.rollout
+        if rollout and rollout.get("status") in ACTIVE:
+            if action == "rollback" and rollout.get("restore_version"):
+                ctx.controller.reload_stable(rollout["restore_version"])
+            status = "aborted" if action == "rollback" else "promoted"
+            rollout = {**rollout, "status": status, "phase": "done"}
+        return Snapshot(snap.config_version, routing, rollout)
 
     snap = ctx.live.change(mutate, actor=_actor(), action=action, reason=reason, if_match=if_match)
     return _state_response(snap)
@@ -233,9 +239,3 @@ def events() -> Response:
     return json_response({"events": _ctx().store.events(limit=limit, after=after)})
 
 
-@admin.route("/rollout", methods=["GET", "POST"])
-@admin.post("/rollout/pause")
-@admin.post("/rollout/resume")
-@admin.get("/analysis")
-def not_yet() -> Response:
-    raise NotImplementedYet("automated rollouts and analysis are not available in this build")

@@ -14,7 +14,10 @@ from common.config import ConfigError
 from common.errors import ServiceUnavailable, json_response, register_error_handlers
 from metrics.exposition import metrics_response
 from metrics.router import RouterMetrics
+from metrics.sources import LocalSource, MetricSource, PrometheusSource
+from router import admin_rollout  # noqa: F401  (registers the rollout endpoints)
 from router.admin import admin
+from router.rollout import RolloutController
 from router.config import RouterConfig
 from router.context import RouterContext
 from router.datapath import DataPath
@@ -56,7 +59,10 @@ def create_app(
             metrics.routing(snapshot.config_version, ctx_holder[0].weights(snapshot.routing))
 
     live = LiveState(config, store, on_change=on_change)
-    ctx = RouterContext(config, store, live, pools, metrics, mirror, registry)
+    source: MetricSource = (PrometheusSource(config.prometheus_url) if config.prometheus_url
+                            else LocalSource(registry))
+    controller = RolloutController(live, source, pools, metrics, config.model_admin_token)
+    ctx = RouterContext(config, store, live, pools, metrics, mirror, registry, source, controller)
     ctx_holder.append(ctx)
     on_change(live.current)
 
@@ -97,4 +103,5 @@ def create_app(
 
     app.wsgi_app = DataPath(app.wsgi_app, config, live, pools, metrics, mirror)  # type: ignore[method-assign]
     live.start()
+    controller.start()
     return app

@@ -54,6 +54,8 @@ class RouterConfig:
     shadow_workers: int = 4
     shadow_queue: int = 64
     refresh_interval_s: float = 0.25
+    model_admin_token: str | None = None
+    prometheus_url: str | None = None
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -93,4 +95,6 @@ class RouterConfig:
             shadow_workers=env_int(env, "ROUTER_SHADOW_WORKERS", 4, 1, 64),
             shadow_queue=env_int(env, "ROUTER_SHADOW_QUEUE", 64, 1, 10_000),
             refresh_interval_s=env_float(env, "ROUTER_REFRESH_S", 0.25, 0.01, 1.0),
+            model_admin_token=env_str(env, "ROUTER_MODEL_ADMIN_TOKEN"),
+            prometheus_url=env_str(env, "ROUTER_PROMETHEUS_URL"),
         )

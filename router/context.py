@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry
 from metrics.router import RouterMetrics
 from router.config import RouterConfig
 from router.live_state import LiveState
+from metrics.sources import MetricSource
+from router.rollout import RolloutController
 from router.shadow import Mirror
 from router.state import StateStore
 from router.upstream import UpstreamPool
@@ -24,6 +26,8 @@ class RouterContext:
     metrics: RouterMetrics
     mirror: Mirror
     registry: CollectorRegistry
+    source: MetricSource
+    controller: RolloutController
 
     def weights(self, routing: RoutingState) -> dict[str, int]:
         """Percent of client traffic each configured version answers under ``routing``."""

@@ -97,6 +97,7 @@ class Mirror:
 
     def _mirror(self, job: MirrorJob) -> None:
         outcome = "ok"
+        started = time.perf_counter()
         try:
             resp = self.pools[job.candidate].request(
                 "POST", "/predict", job.body, job.headers, time.monotonic() + self.timeout_s
@@ -106,6 +107,9 @@ class Mirror:
         except UpstreamError as exc:
             outcome = exc.reason if exc.reason in ("refused", "reset") else "unreachable"
         else:
+            self.metrics.shadow_duration.labels(version=job.candidate).observe(
+                time.perf_counter() - started
+            )
             if resp.status != 200:
                 outcome = "error"
             else:

@@ -1,0 +1,142 @@
+"""Judging a candidate against stable over the same window: pass, wait or fail, with evidence.
+
+Checks (each records its value, threshold and sample sizes):
+
+- sample size: fewer than ``min_requests`` for either version gives "wait", never "pass";
+- error rate: candidate minus stable at most ``max_error_rate_increase``;
+- latency: p99 ratio at most ``max_p99_ratio``, and a one-sided Mann-Whitney U test on the
+  latency samples (histogram buckets as tied ranks) at ``confidence``; latency fails only when the
+  ratio is exceeded *and* the test says the candidate is slower, so noise in one tail does not
+  roll back a good release;
+- shadow agreement (when mirroring): agree share at least ``min_agreement``.
+
+    >>> judge(stable_counts, candidate_counts, Thresholds()).decision   # doctest: +SKIP
+    'pass'
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from scipy.stats import mannwhitneyu
+
+from metrics.window import VersionCounts, bucket_counts, quantile
+
+PASS, WAIT, FAIL = "pass", "wait", "fail"
+_EXPANDED_MAX = 20_000  # samples per side rebuilt from buckets for the U test
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Limits of a rollout's analysis (defaults are conservative)."""
+
+    max_error_rate_increase: float = 0.02
+    max_p99_ratio: float = 1.5
+    min_agreement: float = 0.95
+    confidence: float = 0.99
+    max_error_rate: float = 0.05  # absolute limit, used where there is no reference to compare with
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    decision: str
+    value: float | None
+    threshold: float | None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one analysis and everything it was based on."""
+
+    decision: str
+    checks: tuple[Check, ...]
+    samples: dict[str, float] = field(default_factory=dict)
+
+    def evidence(self) -> dict[str, Any]:
+        return {"decision": self.decision, "samples": self.samples,
+                "checks": [asdict(c) for c in self.checks]}
+
+
+def _expand(cumulative: dict[float, float]) -> list[float]:
+    pairs = [(le, c) for le, c in bucket_counts(cumulative) if c > 0]
+    total = sum(c for _, c in pairs)
+    scale = min(1.0, _EXPANDED_MAX / total) if total else 1.0
+    finite = [le for le, _ in pairs if le != float("inf")]
+    top = (max(finite) * 2) if finite else 1.0
+    out: list[float] = []
+    for le, c in pairs:
+        out.extend([le if le != float("inf") else top] * max(1, round(c * scale)))
+    return out
+
+
+def latency_check(stable: dict[float, float], candidate: dict[float, float], t: Thresholds,
+                  name: str = "latency_p99_ratio") -> Check:
+    p99_s, p99_c = quantile(stable, 0.99), quantile(candidate, 0.99)
+    if p99_s is None or p99_c is None:
+        return Check(name, WAIT, None, t.max_p99_ratio, "no latency samples yet")
+    ratio = p99_c / p99_s if p99_s > 0 else float("inf")
+    a, b = _expand(candidate), _expand(stable)
+    p_value = float(mannwhitneyu(a, b, alternative="greater").pvalue) if a and b else 1.0
+    slower = p_value < 1 - t.confidence
+    failed = ratio > t.max_p99_ratio and slower
+    detail = (f"p99 stable {p99_s * 1e3:.1f} ms, candidate {p99_c * 1e3:.1f} ms; "
+              f"Mann-Whitney U one-sided p={p_value:.3g} at confidence {t.confidence}")
+    return Check(name, FAIL if failed else PASS, round(ratio, 4), t.max_p99_ratio, detail)
+
+
+def judge(stable: VersionCounts, candidate: VersionCounts, t: Thresholds, *, min_requests: int,
+          shadow: bool = False) -> Verdict:
+    """Compare ``candidate`` with ``stable`` over one window."""
+    checks: list[Check] = []
+    if shadow:
+        n_c = candidate.shadow_requests
+        samples = {"stable_requests": stable.requests, "candidate_shadow_requests": n_c,
+                   "compared": candidate.agree + candidate.disagree}
+        if stable.requests < min_requests or n_c < min_requests or samples["compared"] < min_requests:
+            checks.append(Check("sample_size", WAIT, n_c, min_requests,
+                                "too few mirrored requests to judge"))
+            return Verdict(WAIT, tuple(checks), samples)
+        shadow_error_rate = candidate.shadow_errors / n_c
+        increase = shadow_error_rate - stable.error_rate
+        checks.append(Check("error_rate_increase", FAIL if increase > t.max_error_rate_increase else PASS,
+                            round(increase, 6), t.max_error_rate_increase,
+                            f"shadow errors {candidate.shadow_errors:.0f}/{n_c:.0f}"))
+        checks.append(latency_check(stable.latency_buckets, candidate.shadow_latency_buckets, t))
+        agreement = candidate.agreement
+        checks.append(Check("agreement", FAIL if (agreement or 0) < t.min_agreement else PASS,
+                            None if agreement is None else round(agreement, 6), t.min_agreement,
+                            f"{candidate.agree:.0f} agree, {candidate.disagree:.0f} disagree"))
+    else:
+        samples = {"stable_requests": stable.requests, "candidate_requests": candidate.requests}
+        if stable.requests < min_requests or candidate.requests < min_requests:
+            checks.append(Check("sample_size", WAIT, min(stable.requests, candidate.requests),
+                                min_requests, "too few requests per version to judge"))
+            return Verdict(WAIT, tuple(checks), samples)
+        increase = candidate.error_rate - stable.error_rate
+        checks.append(Check("error_rate_increase", FAIL if increase > t.max_error_rate_increase else PASS,
+                            round(increase, 6), t.max_error_rate_increase,
+                            f"stable {stable.error_rate:.4f}, candidate {candidate.error_rate:.4f}"))
+        checks.append(latency_check(stable.latency_buckets, candidate.latency_buckets, t))
+    decision = FAIL if any(c.decision == FAIL for c in checks) else (
+        WAIT if any(c.decision == WAIT for c in checks) else PASS)
+    return Verdict(decision, tuple(checks), samples)
+
+
+def judge_alone(version: VersionCounts, reference: VersionCounts | None, t: Thresholds, *,
+                min_requests: int) -> Verdict:
+    """Judge one version after a switch, against the window before it (or absolute limits)."""
+    if version.requests < min_requests:
+        return Verdict(WAIT, (Check("sample_size", WAIT, version.requests, min_requests,
+                                    "too few requests since the switch"),),
+                       {"requests": version.requests})
+    if reference is not None and reference.requests >= min_requests:
+        verdict = judge(reference, version, t, min_requests=min_requests)
+        return Verdict(verdict.decision, verdict.checks,
+                       {"reference_requests": reference.requests, "requests": version.requests})
+    failed = version.error_rate > t.max_error_rate
+    check = Check("error_rate", FAIL if failed else PASS, round(version.error_rate, 6),
+                  t.max_error_rate, "no reference window before the switch: absolute limit")
+    return Verdict(FAIL if failed else PASS, (check,), {"requests": version.requests})

@@ -1,0 +1,149 @@
+"""Where the rollout controller reads per-version statistics: one small interface, two sources.
+
+``LocalSource`` reads the router's own metrics (every worker process's, in multiprocess mode);
+``PrometheusSource`` asks a Prometheus server, which sees every router instance.
+
+    >>> source = LocalSource(registry)            # doctest: +SKIP
+    >>> reading = source.read()                    # {"v1": VersionCounts(...), ...}
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Protocol
+
+import requests
+from prometheus_client import CollectorRegistry
+from prometheus_client import multiprocess
+from prometheus_client.metrics_core import Metric
+
+from metrics.window import UNREACHABLE_REASONS, Reading, VersionCounts
+
+
+class SourceUnavailable(Exception):
+    """The statistics could not be read (Prometheus down or answering errors)."""
+
+
+class MetricSource(Protocol):
+    """Cumulative per-version statistics, read on demand."""
+
+    def read(self) -> Reading: ...
+
+
+def _counts(reading: Reading, version: str) -> VersionCounts:
+    if version not in reading:
+        reading[version] = VersionCounts()
+    return reading[version]
+
+
+def reading_from_metrics(families: Iterable[Metric]) -> Reading:
+    """Fold router metric families (as collected) into cumulative per-version counts."""
+    reading: Reading = {}
+    for family in families:
+        for sample in family.samples:
+            labels, value = sample.labels, sample.value
+            name = sample.name
+            if name == "router_requests_total":
+                _counts(reading, labels["version"]).requests += value
+            elif name == "router_upstream_errors_total":
+                counts = _counts(reading, labels["version"])
+                counts.errors += value
+                if labels["reason"] in UNREACHABLE_REASONS:
+                    counts.requests += value  # attempts that got no response from this version
+            elif name == "router_request_duration_seconds_bucket":
+                buckets = _counts(reading, labels["version"]).latency_buckets
+                le = float(labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + value
+            elif name == "router_shadow_duration_seconds_bucket":
+                buckets = _counts(reading, labels["version"]).shadow_latency_buckets
+                le = float(labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + value
+            elif name == "router_shadow_requests_total":
+                counts = _counts(reading, labels["version"])
+                if labels["outcome"] != "dropped":
+                    counts.shadow_requests += value
+                    if labels["outcome"] != "ok":
+                        counts.shadow_errors += value
+            elif name == "router_shadow_comparisons_total":
+                counts = _counts(reading, labels["candidate"])
+                if labels["result"] == "agree":
+                    counts.agree += value
+                else:
+                    counts.disagree += value
+    return reading
+
+
+class LocalSource:
+    """This router's own measurements, aggregated across its worker processes."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def read(self) -> Reading:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return reading_from_metrics(registry.collect())
+        return reading_from_metrics(self.registry.collect())
+
+
+class PrometheusSource:
+    """Statistics of every router instance, through PromQL over Prometheus's HTTP API."""
+
+    QUERIES = {
+        "requests": "sum by (version) (router_requests_total)",
+        "errors": "sum by (version) (router_upstream_errors_total)",
+        "unreachable": 'sum by (version) (router_upstream_errors_total{reason=~"%s"})'
+        % "|".join(sorted(UNREACHABLE_REASONS)),
+        "latency": "sum by (version, le) (router_request_duration_seconds_bucket)",
+        "shadow_latency": "sum by (version, le) (router_shadow_duration_seconds_bucket)",
+        "shadow": "sum by (version, outcome) (router_shadow_requests_total)",
+        "compare": "sum by (candidate, result) (router_shadow_comparisons_total)",
+    }
+
+    def __init__(self, url: str, timeout_s: float = 2.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def query(self, promql: str) -> list[dict]:  # type: ignore[type-arg]
+        try:
+            resp = requests.get(f"{self.url}/api/v1/query", params={"query": promql},
+                                timeout=self.timeout_s)
+            body = resp.json()
+        except (requests.RequestException, ValueError) as exc:
+            raise SourceUnavailable(f"Prometheus at {self.url} did not answer: {exc}") from None
+        if resp.status_code != 200 or body.get("status") != "success":
+            raise SourceUnavailable(f"Prometheus refused {promql!r}: {body.get('error', resp.status_code)}")
+        return list(body["data"]["result"])
+
+    def read(self) -> Reading:
+        reading: Reading = {}
+        for key, promql in self.QUERIES.items():
+            for series in self.query(promql):
+                labels, value = series["metric"], float(series["value"][1])
+                version = labels.get("version") or labels.get("candidate")
+                if version is None:
+                    continue
+                counts = _counts(reading, version)
+                if key == "requests":
+                    counts.requests += value
+                elif key == "errors":
+                    counts.errors += value
+                elif key == "unreachable":
+                    counts.requests += value
+                elif key in ("latency", "shadow_latency"):
+                    target = counts.latency_buckets if key == "latency" else counts.shadow_latency_buckets
+                    le = float(labels["le"])
+                    target[le] = target.get(le, 0.0) + value
+                elif key == "shadow":
+                    if labels["outcome"] != "dropped":
+                        counts.shadow_requests += value
+                        if labels["outcome"] != "ok":
+                            counts.shadow_errors += value
+                elif key == "compare":
+                    if labels["result"] == "agree":
+                        counts.agree += value
+                    else:
+                        counts.disagree += value
+        return reading

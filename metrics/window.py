@@ -1,0 +1,95 @@
+"""Per-version statistics over a window: the difference of two cumulative readings.
+
+A reading holds cumulative counters per version (requests, errors, latency histogram buckets,
+shadow outcomes). A window is ``later - earlier``; a counter that went down (a restarted router)
+counts from zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from metrics.buckets import LATENCY_BUCKETS
+
+UNREACHABLE_REASONS = frozenset({"refused", "reset", "connect_timeout", "connect_error", "error", "tls_error"})
+
+
+@dataclass
+class VersionCounts:
+    """Cumulative (or windowed) statistics of one version."""
+
+    requests: float = 0.0
+    errors: float = 0.0
+    latency_buckets: dict[float, float] = field(default_factory=dict)  # upper bound -> cumulative count
+    shadow_requests: float = 0.0
+    shadow_errors: float = 0.0
+    shadow_latency_buckets: dict[float, float] = field(default_factory=dict)
+    agree: float = 0.0
+    disagree: float = 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def agreement(self) -> float | None:
+        total = self.agree + self.disagree
+        return self.agree / total if total else None
+
+    def minus(self, earlier: VersionCounts) -> VersionCounts:
+        def d(a: float, b: float) -> float:
+            return a - b if a >= b else a
+
+        def buckets(a: dict[float, float], b: dict[float, float]) -> dict[float, float]:
+            return {le: d(v, b.get(le, 0.0)) for le, v in a.items()}
+
+        return VersionCounts(
+            requests=d(self.requests, earlier.requests),
+            errors=d(self.errors, earlier.errors),
+            latency_buckets=buckets(self.latency_buckets, earlier.latency_buckets),
+            shadow_requests=d(self.shadow_requests, earlier.shadow_requests),
+            shadow_errors=d(self.shadow_errors, earlier.shadow_errors),
+            shadow_latency_buckets=buckets(self.shadow_latency_buckets, earlier.shadow_latency_buckets),
+            agree=d(self.agree, earlier.agree),
+            disagree=d(self.disagree, earlier.disagree),
+        )
+
+
+Reading = dict[str, VersionCounts]
+
+
+def window(later: Reading, earlier: Reading | None) -> Reading:
+    """Per-version statistics between two readings (everything since start if ``earlier`` is None)."""
+    if earlier is None:
+        return later
+    return {v: c.minus(earlier.get(v, VersionCounts())) for v, c in later.items()}
+
+
+def bucket_counts(cumulative: dict[float, float]) -> list[tuple[float, float]]:
+    """Cumulative ``le`` buckets -> (upper bound, count in that bucket), ascending."""
+    out, previous = [], 0.0
+    for le in sorted(cumulative):
+        count = max(cumulative[le] - previous, 0.0)
+        out.append((le, count))
+        previous = max(previous, cumulative[le])
+    return out
+
+
+def quantile(cumulative: dict[float, float], q: float) -> float | None:
+    """Quantile estimated from histogram buckets by linear interpolation (as PromQL does)."""
+    pairs = bucket_counts(cumulative)
+    total = sum(c for _, c in pairs)
+    if total <= 0:
+        return None
+    rank, seen, lower = q * total, 0.0, 0.0
+    for le, count in pairs:
+        if seen + count >= rank and count > 0:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * (rank - seen) / count
+        seen += count
+        lower = le if le != float("inf") else lower
+    return lower
+
+
+DEFAULT_BOUNDS = (*LATENCY_BUCKETS, float("inf"))

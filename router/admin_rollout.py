@@ -1,0 +1,139 @@
+"""Admin endpoints of automated rollouts and the live analysis."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from flask import Response
+
+from common.errors import Conflict, ServiceUnavailable, json_response
+from metrics.analysis import Thresholds, judge
+from metrics.sources import SourceUnavailable
+from metrics.window import VersionCounts, quantile, window
+from router.admin import _actor, _body, _ctx, _if_match, _reason, _state_response, admin
+from router.live_state import Snapshot
+from router.rollout import ACTIVE, new_rollout
+from router.rollout_plan import RolloutPlan, parse_plan
+from strategies import get
+
+
+@admin.post("/rollout")
+def start_rollout() -> Response:
+    ctx = _ctx()
+    if_match = _if_match()
+    doc = _body(required=True)
+    reason = _reason(doc)
+    doc.pop("reason", None)
+    current = ctx.live.refresh()
+    plan = parse_plan(doc, candidate=current.routing.candidate, versions=list(ctx.config.upstreams),
+                      can_reload=bool(ctx.config.model_admin_token), stable=current.routing.stable)
+    if plan.strategy != "release-in-place" and not ctx.controller.ready(plan.candidate):
+        raise Conflict(f"candidate {plan.candidate} is not ready (GET /ready failed); start it first",
+                       code="candidate_not_ready")
+
+    def mutate(snap: Snapshot) -> Snapshot:
+        if snap.rollout and snap.rollout.get("status") in ACTIVE:
+            raise Conflict(f"rollout {snap.rollout['id']} is {snap.rollout['status']}; pause/resume it or "
+                           "POST /admin/rollback to abort it first", code="rollout_active")
+        rollout, changes = new_rollout(plan, snap, time.time())
+        return Snapshot(snap.config_version, replace(snap.routing, **changes), rollout)
+
+    snap = ctx.live.change(mutate, actor=_actor(), action="rollout.start", reason=reason,
+                           if_match=if_match, evidence={"plan": plan.to_dict()})
+    return _state_response(snap)
+
+
+def _rollout_body(snap: Snapshot) -> dict[str, Any]:
+    if not snap.rollout:
+        return {"rollout": None, "config_version": snap.config_version}
+    rollout = snap.rollout
+    plan = rollout["plan"]
+    weight = snap.routing.canary_weight if snap.routing.strategy == "canary" else None
+    return {"rollout": {**rollout, "current_weight": weight, "steps": plan.get("steps")},
+            "config_version": snap.config_version}
+
+
+@admin.get("/rollout")
+def read_rollout() -> Response:
+    snap = _ctx().live.refresh()
+    return json_response(_rollout_body(snap), headers={"ETag": f'"{snap.config_version}"'})
+
+
+def _set_status(expected: tuple[str, ...], action: str) -> Response:
+    ctx = _ctx()
+    if_match = _if_match()
+    doc = _body(required=False)
+    reason = _reason(doc)
+
+    def mutate(snap: Snapshot) -> Snapshot:
+        rollout = snap.rollout
+        if not rollout or rollout.get("status") not in expected:
+            status = rollout.get("status") if rollout else "none"
+            raise Conflict(f"cannot {action} a rollout whose status is {status}", code="rollout_state")
+        routing = snap.routing
+        if action == "pause":
+            status = "paused"
+        elif rollout["status"] == "awaiting_promotion":
+            routing, status = get(routing.strategy).promote(routing), "promoted"
+        else:
+            status = "running"
+        return Snapshot(snap.config_version, routing, {**rollout, "status": status,
+                                                       "phase": "done" if status == "promoted" else rollout["phase"],
+                                                       "updated_at": time.time()})
+
+    snap = ctx.live.change(mutate, actor=_actor(), action=f"rollout.{action}", reason=reason,
+                           if_match=if_match)
+    return json_response(_rollout_body(snap), headers={"ETag": f'"{snap.config_version}"'})
+
+
+@admin.post("/rollout/pause")
+def pause_rollout() -> Response:
+    return _set_status(("running",), "pause")
+
+
+@admin.post("/rollout/resume")
+def resume_rollout() -> Response:
+    return _set_status(("paused", "awaiting_promotion"), "resume")
+
+
+def _summary(counts: VersionCounts) -> dict[str, Any]:
+    def ms(q: float) -> float | None:
+        value = quantile(counts.latency_buckets, q)
+        return None if value is None else round(value * 1e3, 3)
+
+    return {"requests": counts.requests, "errors": counts.errors, "error_rate": round(counts.error_rate, 6),
+            "latency_ms": {"p50": ms(0.5), "p95": ms(0.95), "p99": ms(0.99)},
+            "shadow": {"requests": counts.shadow_requests, "errors": counts.shadow_errors,
+                       "agree": counts.agree, "disagree": counts.disagree,
+                       "agreement": counts.agreement}}
+
+
+@admin.get("/analysis")
+def analysis() -> Response:
+    ctx = _ctx()
+    snap = ctx.live.current
+    try:
+        reading = ctx.source.read()
+    except SourceUnavailable as exc:
+        raise ServiceUnavailable(str(exc), code="metrics_unavailable") from None
+    controller = ctx.controller
+    baseline = controller.window.baseline if controller.window is not None else None
+    stats = window(reading, baseline)
+    plan = RolloutPlan.from_dict(snap.rollout["plan"]) if snap.rollout else None
+    thresholds = plan.thresholds if plan else Thresholds()
+    min_requests = plan.min_requests if plan else 50
+    routing = snap.routing
+    verdict = None
+    if routing.candidate:
+        shadow = routing.strategy == "shadow"
+        verdict = judge(stats.get(routing.stable, VersionCounts()),
+                        stats.get(routing.candidate, VersionCounts()), thresholds,
+                        min_requests=min_requests, shadow=shadow).evidence()
+    return json_response({
+        "window": "current rollout analysis window" if baseline is not None else "since this router process started",
+        "stable": routing.stable, "candidate": routing.candidate, "strategy": routing.strategy,
+        "versions": {v: _summary(c) for v, c in stats.items()},
+        "verdict": verdict,
+    })

@@ -1,0 +1,347 @@
+"""The rollout controller: analyses each interval and advances, waits, promotes or rolls back.
+
+Every router process runs one controller thread; a lease in the state store makes exactly one of
+them (across processes and router instances) drive a rollout. The rollout itself lives in the
+routing state document (``rollout``), so a restarted router resumes it where it was. Each
+decision is one compare-and-set of the state with an audit event carrying its evidence.
+
+Phases by plan strategy::
+
+    canary               canary(step 0) -> ... -> canary(last step before 100) -> promote
+    shadow-then-canary   shadow -> canary steps -> promote
+    blue-green           [shadow if preview_analysis] -> reference -> switch -> bake -> done
+    release-in-place     reference -> reload stable's service -> bake -> done (or reload back)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from metrics.analysis import FAIL, PASS, WAIT, Verdict, judge, judge_alone
+from metrics.sources import MetricSource, SourceUnavailable
+from metrics.window import Reading, VersionCounts, window
+from router.live_state import LiveState, Snapshot
+from router.rollout_plan import RolloutPlan
+from router.state import StateStoreError
+from router.upstream import UpstreamError, UpstreamPool
+from strategies import get
+
+log = logging.getLogger(__name__)
+LEASE = "rollout"
+ACTOR = "rollout-controller"
+ACTIVE = ("running", "awaiting_promotion", "paused")
+MAX_DECISIONS = 100
+
+
+class Skip(Exception):
+    """The rollout changed under us (paused, aborted, advanced elsewhere): do nothing."""
+
+
+def new_rollout(plan: RolloutPlan, snap: Snapshot, now: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The initial rollout document and routing changes for ``plan``."""
+    routing = snap.routing
+    phase, changes = "canary", {}
+    if plan.strategy == "canary":
+        changes = {"strategy": "canary", "candidate": plan.candidate, "canary_weight": plan.steps[0],
+                   "shadow_percent": 0}
+    elif plan.strategy == "shadow-then-canary" or (plan.strategy == "blue-green" and plan.preview_analysis):
+        phase = "shadow"
+        changes = {"strategy": "shadow", "candidate": plan.candidate, "canary_weight": 0,
+                   "shadow_percent": plan.shadow_percent}
+    elif plan.strategy == "blue-green":
+        phase = "reference"
+        changes = {"strategy": "blue-green", "candidate": plan.candidate, "canary_weight": 0,
+                   "shadow_percent": 0}
+    else:  # release-in-place
+        phase = "reference"
+        changes = {"strategy": "release-in-place", "canary_weight": 0, "shadow_percent": 0}
+    rollout = {
+        "id": uuid.uuid4().hex[:12], "plan": plan.to_dict(), "status": "running", "phase": phase,
+        "step": 0, "failed_analyses": 0, "passed_in_phase": 0, "stable_at_start": routing.stable,
+        "candidate": plan.candidate, "started_at": now, "updated_at": now, "decisions": [],
+        "reference": None, "restore_version": None,
+    }
+    return rollout, changes
+
+
+@dataclass
+class _Window:
+    key: tuple[Any, ...]
+    baseline: Reading
+    started: float
+
+
+def counts_to_doc(counts: VersionCounts) -> dict[str, Any]:
+    doc = dict(counts.__dict__)
+    doc["latency_buckets"] = {str(k): v for k, v in counts.latency_buckets.items()}
+    doc["shadow_latency_buckets"] = {str(k): v for k, v in counts.shadow_latency_buckets.items()}
+    return doc
+
+
+def counts_from_doc(doc: dict[str, Any]) -> VersionCounts:
+    doc = dict(doc)
+    doc["latency_buckets"] = {float(k): v for k, v in doc.get("latency_buckets", {}).items()}
+    doc["shadow_latency_buckets"] = {float(k): v for k, v in doc.get("shadow_latency_buckets", {}).items()}
+    return VersionCounts(**doc)
+
+
+class RolloutController:
+    """Drives the rollout in the routing state when this process holds the lease."""
+
+    def __init__(self, live: LiveState, source: MetricSource, pools: dict[str, UpstreamPool],
+                 metrics: Any, model_admin_token: str | None, tick_s: float = 0.2) -> None:
+        self.live = live
+        self.source = source
+        self.pools = pools
+        self.metrics = metrics
+        self.model_admin_token = model_admin_token
+        self.tick_s = tick_s
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.window: _Window | None = None
+        self.holding = False
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._stop = threading.Event()
+
+    # -- thread ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name="rollout", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            try:
+                self.tick(time.time())
+            except Exception:
+                log.exception("rollout controller tick failed")
+
+    # -- one step ---------------------------------------------------------------------------
+    def tick(self, now: float) -> str | None:
+        """Analyse and act if an interval has passed; returns the decision taken, if any."""
+        snap = self.live.current
+        rollout = snap.rollout
+        if not rollout or rollout.get("status") != "running":
+            self._release()
+            return None
+        try:
+            self.holding = self.live.store.acquire_lease(LEASE, self.holder, max(2.0, 10 * self.tick_s))
+        except StateStoreError:
+            self.holding = False
+        if not self.holding:
+            self.window = None
+            return None
+        plan = RolloutPlan.from_dict(rollout["plan"])
+        key = (rollout["id"], rollout["phase"], rollout["step"], rollout["failed_analyses"],
+               rollout["passed_in_phase"])
+        try:
+            if self.window is None or self.window.key != key:
+                self.window = _Window(key, self.source.read(), now)
+                return None
+            if now - self.window.started < plan.interval_s:
+                return None
+            reading = self.source.read()
+        except SourceUnavailable as exc:
+            log.warning("rollout analysis postponed: %s", exc)
+            return None
+        stats = window(reading, self.window.baseline)
+        return self._act(snap, plan, stats, now)
+
+    def _release(self) -> None:
+        if self.holding:
+            try:
+                self.live.store.release_lease(LEASE, self.holder)
+            except StateStoreError:
+                pass
+            self.holding = False
+        self.window = None
+
+    def _verdict(self, snap: Snapshot, plan: RolloutPlan, stats: Reading) -> Verdict:
+        rollout = snap.rollout or {}
+        phase = rollout["phase"]
+        routing = snap.routing
+        empty = VersionCounts()
+        if phase == "shadow":
+            return judge(stats.get(routing.stable, empty), stats.get(plan.candidate, empty),
+                         plan.thresholds, min_requests=plan.min_requests, shadow=True)
+        if phase == "canary":
+            return judge(stats.get(routing.stable, empty), stats.get(plan.candidate, empty),
+                         plan.thresholds, min_requests=plan.min_requests)
+        if phase == "reference":
+            counts = stats.get(routing.stable, empty)
+            if counts.requests < plan.min_requests:
+                return judge_alone(counts, None, plan.thresholds, min_requests=plan.min_requests)
+            return Verdict(PASS, (), {"reference_requests": counts.requests})
+        reference = rollout.get("reference")
+        return judge_alone(stats.get(routing.stable, empty),
+                           counts_from_doc(reference) if reference else None,
+                           plan.thresholds, min_requests=plan.min_requests)
+
+    def _act(self, snap: Snapshot, plan: RolloutPlan, stats: Reading, now: float) -> str:
+        rollout = snap.rollout or {}
+        verdict = self._verdict(snap, plan, stats)
+        phase = rollout["phase"]
+        self.metrics.rollout_decisions.labels(decision=verdict.decision).inc()
+        if verdict.decision == WAIT:
+            self._record(rollout, verdict, "wait", {}, now)
+            return WAIT
+        if verdict.decision == FAIL:
+            failed = rollout["failed_analyses"] + 1
+            if failed < plan.max_failed_analyses:
+                self._record(rollout, verdict, "retry", {"failed_analyses": failed}, now)
+                return FAIL
+            self._rollback(rollout, verdict, now)
+            return "rollback"
+        passed = rollout["passed_in_phase"] + 1
+        if phase == "canary":
+            step = rollout["step"]
+            if step + 1 < len(plan.steps) and plan.steps[step + 1] < 100:
+                self._record(rollout, verdict, "advance",
+                             {"step": step + 1, "passed_in_phase": 0}, now,
+                             routing={"canary_weight": plan.steps[step + 1]})
+                return "advance"
+            self._promote_or_hold(rollout, verdict, plan, now)
+            return "promote"
+        if phase == "shadow":
+            if passed < plan.shadow_analyses:
+                self._record(rollout, verdict, "pass", {"passed_in_phase": passed}, now)
+                return PASS
+            if plan.strategy == "blue-green":
+                self._record(rollout, verdict, "shadow-passed",
+                             {"phase": "reference", "passed_in_phase": 0}, now,
+                             routing={"strategy": "blue-green", "shadow_percent": 0})
+                return "advance"
+            if plan.steps[0] >= 100:
+                self._promote_or_hold(rollout, verdict, plan, now)
+                return "promote"
+            self._record(rollout, verdict, "advance", {"phase": "canary", "step": 0, "passed_in_phase": 0},
+                         now, routing={"strategy": "canary", "shadow_percent": 0,
+                                       "canary_weight": plan.steps[0]})
+            return "advance"
+        if phase == "reference":
+            reference = counts_to_doc(stats.get(snap.routing.stable, VersionCounts()))
+            if plan.strategy == "blue-green":
+                self._switch(rollout, verdict, plan, reference, now)
+            else:
+                self._reload(rollout, verdict, plan, reference, now)
+            return "switch"
+        if passed < plan.bake_analyses:  # bake
+            self._record(rollout, verdict, "pass", {"passed_in_phase": passed}, now)
+            return PASS
+        self._record(rollout, verdict, "complete", {"status": "promoted", "phase": "done"}, now)
+        self.metrics.rollout_decisions.labels(decision="promote").inc()
+        return "promote"
+
+    # -- transitions -------------------------------------------------------------------------
+    def _record(self, rollout: dict[str, Any], verdict: Verdict | None, action: str,
+                updates: dict[str, Any], now: float, routing: dict[str, Any] | None = None,
+                routing_fn: Any = None) -> Snapshot:
+        evidence = verdict.evidence() if verdict is not None else {}
+        entry = {"time": now, "phase": rollout["phase"], "step": rollout["step"],
+                 "action": action, **evidence}
+
+        def mutate(snap: Snapshot) -> Snapshot:
+            current = snap.rollout
+            if not current or current["id"] != rollout["id"] or current["status"] != rollout["status"] \
+                    or current["phase"] != rollout["phase"] or current["step"] != rollout["step"]:
+                raise Skip()
+            new_routing = snap.routing
+            if routing_fn is not None:
+                new_routing = routing_fn(new_routing)
+            if routing:
+                new_routing = replace(new_routing, **routing)
+            decisions = (current.get("decisions") or [])[-(MAX_DECISIONS - 1):] + [entry]
+            doc = {**current, **updates, "decisions": decisions, "updated_at": now}
+            return Snapshot(snap.config_version, new_routing, doc)
+
+        try:
+            return self.live.change(mutate, actor=ACTOR, action=f"rollout.{action}", reason=None,
+                                    evidence=orjson.loads(orjson.dumps(entry)))
+        except Skip:
+            return self.live.current
+
+    def _promote_or_hold(self, rollout: dict[str, Any], verdict: Verdict, plan: RolloutPlan,
+                         now: float) -> None:
+        if plan.manual_promotion:
+            self._record(rollout, verdict, "await-promotion", {"status": "awaiting_promotion"}, now)
+            return
+        self.metrics.rollout_decisions.labels(decision="promote").inc()
+        self._record(rollout, verdict, "promote", {"status": "promoted", "phase": "done"}, now,
+                     routing_fn=lambda r: get(r.strategy).promote(r))
+
+    def _rollback(self, rollout: dict[str, Any], verdict: Verdict, now: float) -> None:
+        self.metrics.rollout_decisions.labels(decision="rollback").inc()
+        if rollout.get("restore_version"):
+            self.reload_stable(rollout["restore_version"])
+        self._record(rollout, verdict, "rollback", {"status": "rolled_back", "phase": "done",
+                                                     "failed_analyses": rollout["failed_analyses"] + 1},
+                     now, routing_fn=lambda r: get(r.strategy).rollback(r))
+
+    def _switch(self, rollout: dict[str, Any], verdict: Verdict, plan: RolloutPlan,
+                reference: dict[str, Any], now: float) -> None:
+        if not self.ready(plan.candidate):
+            self.metrics.rollout_decisions.labels(decision="rollback").inc()
+            self._record(rollout, verdict, "abort-not-ready", {"status": "rolled_back", "phase": "done"},
+                         now, routing={"shadow_percent": 0})
+            return
+        self._record(rollout, verdict, "switch", {"phase": "bake", "passed_in_phase": 0,
+                                                   "reference": reference}, now,
+                     routing_fn=lambda r: get("blue-green").promote(replace(r, strategy="blue-green")))
+
+    def _reload(self, rollout: dict[str, Any], verdict: Verdict, plan: RolloutPlan,
+                reference: dict[str, Any], now: float) -> None:
+        stable = self.live.current.routing.stable
+        previous = self.served_version(stable)
+        target = plan.release_version or plan.candidate
+        ok, detail = self.reload_stable(target)
+        if not ok:
+            self.metrics.rollout_decisions.labels(decision="rollback").inc()
+            self._record(rollout, verdict, "abort-reload-failed",
+                         {"status": "rolled_back", "phase": "done", "error": detail}, now)
+            return
+        self._record(rollout, verdict, "reload", {"phase": "bake", "passed_in_phase": 0,
+                                                   "reference": reference, "restore_version": previous},
+                     now)
+
+    # -- model-service calls ----------------------------------------------------------------------
+    def ready(self, version: str) -> bool:
+        try:
+            resp = self.pools[version].request("GET", "/ready", b"", [], time.monotonic() + 2.0)
+        except (UpstreamError, KeyError):
+            return False
+        return resp.status == 200
+
+    def served_version(self, label: str) -> str | None:
+        try:
+            resp = self.pools[label].request("GET", "/version", b"", [], time.monotonic() + 2.0)
+            return str(orjson.loads(resp.body)["version"]) if resp.status == 200 else None
+        except (UpstreamError, KeyError, ValueError, orjson.JSONDecodeError):
+            return None
+
+    def reload_stable(self, version: str) -> tuple[bool, str]:
+        stable = self.live.current.routing.stable
+        body = orjson.dumps({"version": version})
+        headers = [("Content-Type", "application/json"),
+                   ("Authorization", f"Bearer {self.model_admin_token or ''}")]
+        try:
+            resp = self.pools[stable].request("POST", "/admin/reload", body, headers,
+                                              time.monotonic() + 30.0)
+        except UpstreamError as exc:
+            return False, str(exc)
+        if resp.status != 200:
+            return False, f"{stable} answered {resp.status}: {resp.body[:200]!r}"
+        return True, ""
