@@ -1,9 +1,10 @@
 """gunicorn settings shared by the router and the model service (``-c python:common.gunicorn_conf``).
 
-gevent workers keep client connections alive (the router pools connections to the model
-services; gunicorn's sync worker would close every one), cost about half the CPU per request of
-the threaded worker, and let one router process wait on many slow upstreams at once. Timeouts fit Heroku: the dyno gets
-SIGKILL 30 s after SIGTERM, so in-flight requests get 25 s to finish.
+Workers run gevent's WSGI server: they keep client connections alive (the router pools
+connections to the model services; gunicorn's sync worker would close every one), cost about a
+third of the CPU per request of the threaded worker, and let one router process wait on many
+slow upstreams at once. Timeouts fit Heroku: the dyno gets SIGKILL 30 s after SIGTERM, so
+in-flight requests get 25 s to finish.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import shutil
 from pathlib import Path
 
 wsgi_app = None
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent_pywsgi")
 worker_connections = 1000
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
