@@ -20,6 +20,7 @@ from router.admin import admin
 from router.rollout import RolloutController
 from router.config import RouterConfig
 from router.context import RouterContext
+from router.dashboard import dashboard
 from router.datapath import DataPath
 from router.live_state import LiveState, Snapshot
 from router.shadow import Mirror
@@ -70,6 +71,7 @@ def create_app(
     app.extensions[EXTENSION] = ctx
     register_error_handlers(app)
     app.register_blueprint(admin)
+    app.register_blueprint(dashboard)
 
     @app.get("/health")
     def health() -> Response:
