@@ -15,7 +15,15 @@ def multiprocess_enabled() -> bool:
 
 def metrics_response(registry: CollectorRegistry) -> Response:
     """The Prometheus text exposition of ``registry`` (or of all workers when multiprocess)."""
-    if multiprocess_enabled():
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    if not multiprocess_enabled():
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    for attempt in range(3):
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        try:
+            return Response(generate_latest(merged), mimetype=CONTENT_TYPE_LATEST)
+        except FileNotFoundError:
+            # a dead worker's file was archived between listing the folder and reading it
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
