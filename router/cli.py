@@ -1,0 +1,548 @@
+"""``rollout``: the operator's command line for the router's admin API.
+
+Reads ``ROLLOUT_URL`` (default http://127.0.0.1:8000) and ``ROLLOUT_TOKEN``; ``--url`` and
+``--token`` override them. ``--json`` prints the router's JSON to stdout for scripts. Any failure
+is one line on stderr and exit code 2; ``watch`` exits 0 when the rollout is promoted and 1 when it
+is rolled back or aborted.
+
+    $ rollout status
+    $ rollout start --strategy canary --steps 10,50,100 --interval 30
+    $ rollout watch
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import requests
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+ACTIVE = ("running", "paused", "awaiting_promotion")
+EXIT_OK, EXIT_ROLLED_BACK, EXIT_ERROR = 0, 1, 2
+_NOT_ROUTER = "is ROLLOUT_URL the router's address?"
+
+
+class CLIError(Exception):
+    """A failure to report as one line on stderr (exit code 2)."""
+
+
+# -- talking to the router -------------------------------------------------------------------------
+
+
+class AdminClient:
+    """The admin API over HTTP; every failure becomes a CLIError that says what to do."""
+
+    def __init__(self, url: str, token: str | None, timeout: float) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.headers["X-Actor"] = _actor()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             if_match: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        headers = {"If-Match": f'"{if_match}"'} if if_match is not None else {}
+        target = f"{self.url}{path}"
+        try:
+            resp = self.session.request(method, target, json=body, headers=headers, params=params,
+                                        timeout=self.timeout)
+        except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
+                requests.exceptions.InvalidURL):
+            raise CLIError(f"{self.url!r} is not a router URL; set ROLLOUT_URL or --url to "
+                           "http(s)://host:port") from None
+        except requests.exceptions.Timeout:
+            raise CLIError(f"the router at {self.url} did not answer within {self.timeout:g} s; "
+                           "check it is up, or raise --timeout") from None
+        except requests.exceptions.ConnectionError:
+            raise CLIError(f"cannot reach the router at {self.url}: is it running? "
+                           "set ROLLOUT_URL or --url to its address") from None
+        except requests.RequestException as exc:
+            raise CLIError(f"request to {target} failed: {_one_line(str(exc))}") from None
+        try:
+            doc = resp.json()
+        except ValueError:
+            kind = resp.headers.get("Content-Type", "no content type")
+            raise CLIError(f"{method} {target} answered {resp.status_code} with {kind}, not the "
+                           f"router's JSON; {_NOT_ROUTER}") from None
+        if resp.status_code >= 400:
+            raise CLIError(self._explain(resp.status_code, doc, method, target))
+        if not isinstance(doc, dict):
+            raise CLIError(f"{method} {target} answered JSON that is not an object; {_NOT_ROUTER}")
+        return doc
+
+    def _explain(self, status: int, doc: Any, method: str, target: str) -> str:
+        error = doc.get("error") if isinstance(doc, dict) else None
+        if not isinstance(error, dict):
+            return f"{method} {target} answered {status}; {_NOT_ROUTER}"
+        code, message = error.get("code", "error"), _one_line(str(error.get("message", "")))
+        hint = ""
+        if status == 401 and not self.token:
+            hint = "; ROLLOUT_TOKEN is not set: use the router's ROUTER_ADMIN_TOKEN"
+        elif status == 401:
+            hint = "; check ROLLOUT_TOKEN or --token"
+        elif status == 404:
+            message, hint = f"{method} {target} answered 404: {message}", f"; {_NOT_ROUTER}"
+        elif status == 412:
+            current = (error.get("details") or {}).get("config_version")
+            hint = f"; see `rollout status`, retry with --if-match {current}" if current else ""
+        return f"{message} ({status} {code}){hint}"
+
+    def version_metadata(self, url: str) -> dict[str, Any]:
+        """A model service's GET /version, or {"error": ...} when it cannot be read from here."""
+        try:
+            resp = requests.get(f"{url.rstrip('/')}/version", timeout=min(self.timeout, 3.0))
+            doc = resp.json()
+        except (requests.RequestException, ValueError):
+            return {"error": f"not reachable from here ({url})"}
+        if resp.status_code != 200 or not isinstance(doc, dict):
+            return {"error": f"GET /version answered {resp.status_code}"}
+        return doc
+
+
+def _actor() -> str:
+    try:
+        user = re.sub(r"[^A-Za-z0-9@._:-]", "", getpass.getuser())[:40]
+    except (KeyError, OSError):
+        user = ""
+    return f"rollout-cli:{user}" if user else "rollout-cli"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# -- rendering -------------------------------------------------------------------------------------
+
+
+def _lines(pairs: Iterable[tuple[str, Any]]) -> str:
+    pairs = list(pairs)
+    width = max(len(key) for key, _ in pairs) + 2
+    return "\n".join(f"{key + ':':<{width}}{value}" for key, value in pairs)
+
+
+def _clock(value: Any) -> str:
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC).strftime("%H:%M:%S")
+    return str(value or "")[11:19] or "-"
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "none"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _split(state: dict[str, Any]) -> str:
+    weights = state.get("weights") or {state.get("stable"): 100}
+    return ", ".join(f"{v} {w}%" for v, w in weights.items() if w) or "-"
+
+
+def _artifact(label: str | None, meta: dict[str, Any] | None) -> str:
+    if not label or not meta:
+        return label or "none"
+    if "error" in meta:
+        return f"{label}  ({meta['error']})"
+    parts = [meta.get("description"), f"sha256 {str(meta.get('sha256', ''))[:12]}",
+             f"trained {str(meta.get('trained_at', ''))[:16].replace('T', ' ')}",
+             f"sklearn {meta.get('sklearn_version', '?')}"]
+    heldout = meta.get("heldout_metrics") or {}
+    if "accuracy" in heldout:
+        parts.append(f"accuracy {heldout['accuracy']:.4f}")
+    served = meta.get("version")
+    prefix = f"{label} (serving {served})" if served and served != label else label
+    return f"{prefix}  " + ", ".join(p for p in parts if p)
+
+
+def _progress(rollout: dict[str, Any], state: dict[str, Any]) -> str:
+    plan = rollout.get("plan") or {}
+    steps, phase = plan.get("steps") or [], rollout.get("phase")
+    text = f"{rollout.get('id')} {rollout.get('status')}: {plan.get('strategy')}"
+    if phase not in (plan.get("strategy"), "done"):
+        text += f", phase {phase}"
+    if phase == "canary" and steps:
+        step = rollout.get("step", 0) + 1
+        text += f", step {step} of {len(steps)} ({state.get('canary_weight')}%)"
+    if plan.get("interval_s") is not None:
+        text += f", analysis every {plan['interval_s']:g} s"
+    return text
+
+
+def _verdict(decision: dict[str, Any] | None) -> str:
+    if not decision:
+        return "none yet"
+    checks = "; ".join(f"{c.get('name')} {_num(c.get('value'))} (limit {_num(c.get('threshold'))}) "
+                       f"{c.get('decision')}" for c in decision.get("checks") or [])
+    verdict, action = decision.get("decision"), decision.get("action")
+    head = f"{verdict} -> {action}" if action != verdict else str(verdict)
+    head += f" at {_clock(decision.get('time'))}"
+    return f"{head}: {checks}" if checks else head
+
+
+def render_state(state: dict[str, Any], url: str,
+                 artifacts: dict[str, dict[str, Any]] | None = None) -> str:
+    """The routing state as aligned ``key: value`` lines."""
+    artifacts = artifacts or {}
+    stable, candidate = state.get("stable"), state.get("candidate")
+    shadow, rollout = state.get("shadow_percent") or 0, state.get("rollout")
+    pairs: list[tuple[str, Any]] = [
+        ("router", url),
+        ("config version", state.get("config_version")),
+        ("strategy", state.get("strategy")),
+        ("split", _split(state)),
+        ("shadow", f"{shadow}% mirrored to {candidate}" if shadow else "off"),
+        ("stable", _artifact(stable, artifacts.get(stable or ""))),
+        ("candidate", _artifact(candidate, artifacts.get(candidate or ""))),
+        ("rollout", _progress(rollout, state) if rollout else "none"),
+    ]
+    if rollout:
+        decisions = rollout.get("decisions") or []
+        pairs.append(("last verdict", _verdict(decisions[-1] if decisions else None)))
+    store = state.get("store") or {}
+    if not store.get("reachable", True):
+        pairs.append(("state store", f"unreachable: {store.get('error')}"))
+    return _lines(pairs)
+
+
+def render_analysis(analysis: dict[str, Any]) -> str:
+    """One line per version: requests, error rate, latency percentiles, shadow agreement."""
+    rows = []
+    for version, stats in (analysis.get("versions") or {}).items():
+        lat, shadow = stats.get("latency_ms") or {}, stats.get("shadow") or {}
+        line = (f"{version:<6} {stats.get('requests', 0):>7.0f} req  "
+                f"err {stats.get('error_rate', 0):7.2%}  p50 {_ms(lat.get('p50'))} "
+                f"p95 {_ms(lat.get('p95'))} p99 {_ms(lat.get('p99'))} ms")
+        if shadow.get("requests"):
+            line += f"  shadow {shadow['requests']:.0f}, agreement {_num(shadow.get('agreement'))}"
+        rows.append(line)
+    return "\n".join(rows) or "no traffic yet"
+
+
+def render_watch(state: dict[str, Any], analysis: dict[str, Any]) -> str:
+    """One refresh of ``watch``: progress, split, per-version statistics, live verdict."""
+    now = datetime.now(UTC).strftime("%H:%M:%S")
+    body = render_analysis(analysis).replace("\n", "\n  ")
+    verdict = (analysis.get("verdict") or {}).get("decision", "-")
+    return (f"[{now}] {_progress(state.get('rollout') or {}, state)}; split {_split(state)}\n"
+            f"  {body}\n  live verdict: {verdict}")
+
+
+def render_events(events: list[dict[str, Any]]) -> str:
+    """The audit log as a small table."""
+    if not events:
+        return "no events"
+    header = ("ID", "TIME", "CONFIG", "ACTOR", "ACTION", "CHANGE", "REASON")
+    rows = [(str(e.get("id", "")), str(e.get("time", ""))[:19].replace("T", " "),
+             str(e.get("config_version", "")), str(e.get("actor", "")), str(e.get("action", "")),
+             _change(e.get("old") or {}, e.get("new") or {}), _one_line(str(e.get("reason") or "")))
+            for e in events]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    return "\n".join(("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False))
+                      + "  " + row[-1]).rstrip() for row in [header, *rows])
+
+
+def _change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    parts = []
+    for key, after in new.items():
+        before = old.get(key)
+        if key == "rollout":
+            before, after = (before or {}).get("status"), (after or {}).get("status")
+            if before == after:
+                continue
+        parts.append(f"{key} {_num(before)}->{_num(after)}")
+    text = ", ".join(parts) or "-"
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+Command = Callable[["AdminClient", argparse.Namespace], int]
+
+
+def _emit(args: argparse.Namespace, doc: Any, human: Callable[[], str]) -> None:
+    print(json.dumps(doc, indent=None if args.command == "watch" else 2) if args.json else human())
+
+
+def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
+    state = client.call("GET", "/admin/state")
+    upstreams = state.get("upstreams") or {}
+    artifacts: dict[str, dict[str, Any]] = {
+        str(v): client.version_metadata(upstreams[v])
+        for v in (state.get("stable"), state.get("candidate")) if v in upstreams}
+    _emit(args, {"state": state, "artifacts": artifacts},
+          partial(render_state, state, client.url, artifacts))
+    return EXIT_OK
+
+
+def cmd_set(client: AdminClient, args: argparse.Namespace) -> int:
+    fields = {"strategy": args.strategy, "canary_weight": args.weight,
+              "shadow_percent": args.shadow_percent, "stable": args.stable}
+    body: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+    if args.candidate is not None:
+        body["candidate"] = None if args.candidate.lower() == "none" else args.candidate
+    if not body:
+        raise CLIError("nothing to set: give --strategy, --weight, --shadow-percent, --stable or "
+                       "--candidate")
+    if args.reason:
+        body["reason"] = args.reason
+    state = client.call("PATCH", "/admin/state", body, if_match=args.if_match)
+    _emit(args, state, partial(render_state, state, client.url))
+    return EXIT_OK
+
+
+def _transition(path: str) -> Command:
+    """promote, rollback, pause, resume: a POST with an optional reason."""
+    def run(client: AdminClient, args: argparse.Namespace) -> int:
+        doc = client.call("POST", path, {"reason": args.reason} if args.reason else None,
+                          if_match=args.if_match)
+        if "strategy" in doc:
+            _emit(args, doc, partial(render_state, doc, client.url))
+        else:  # pause and resume answer with the rollout
+            rollout = doc.get("rollout") or {}
+            _emit(args, doc, lambda: f"rollout {rollout.get('id')} is {rollout.get('status')} "
+                                     f"(config version {doc.get('config_version')})")
+        return EXIT_OK
+
+    return run
+
+
+def load_plan(path: str) -> dict[str, Any]:
+    """A plan document from a YAML or JSON file."""
+    import yaml  # type: ignore[import-untyped]  # only `start --plan` needs it
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise CLIError(f"cannot read plan file {path}: {exc.strerror or exc}") from None
+    kind = "JSON" if path.endswith(".json") else "YAML"
+    try:
+        doc = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise CLIError(f"plan file {path} is not valid {kind}: {_one_line(str(exc))}") from None
+    if not isinstance(doc, dict):
+        raise CLIError(f"plan file {path} must hold an object (strategy, steps, interval_s, ...)")
+    return doc
+
+
+def plan_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The plan to send: the ``--plan`` file, if any, with the flags given on top."""
+    plan = load_plan(args.plan) if args.plan else {}
+    flags = {"strategy": args.strategy, "candidate": args.candidate, "interval_s": args.interval,
+             "min_requests": args.min_requests, "max_failed_analyses": args.max_failed,
+             "shadow_percent": args.shadow_percent}
+    plan.update({k: v for k, v in flags.items() if v is not None})
+    if args.steps is not None:
+        try:
+            plan["steps"] = [int(s) for s in args.steps.split(",") if s.strip()]
+        except ValueError:
+            raise CLIError(f"--steps must be comma-separated percents like 5,25,50,100, "
+                           f"got {args.steps!r}") from None
+    if args.threshold:
+        thresholds = dict(plan.get("thresholds") or {})
+        for item in args.threshold:
+            key, _, raw = item.partition("=")
+            try:
+                if not key.strip():
+                    raise ValueError(key)
+                thresholds[key.strip()] = float(raw)
+            except ValueError:
+                raise CLIError(f"--threshold must look like max_p99_ratio=1.5, got {item!r}") \
+                    from None
+        plan["thresholds"] = thresholds
+    if args.manual_promotion:
+        plan["manual_promotion"] = True
+    if "strategy" not in plan:
+        raise CLIError("give --strategy (canary, blue-green, shadow-then-canary, release-in-place) "
+                       "or --plan FILE")
+    if args.reason:
+        plan["reason"] = args.reason
+    return plan
+
+
+def cmd_start(client: AdminClient, args: argparse.Namespace) -> int:
+    state = client.call("POST", "/admin/rollout", plan_from_args(args), if_match=args.if_match)
+    _emit(args, state, partial(render_state, state, client.url))
+    return EXIT_OK
+
+
+def cmd_watch(client: AdminClient, args: argparse.Namespace) -> int:
+    """Refresh until the rollout ends: 0 when promoted, 1 when rolled back or aborted."""
+    deadline = time.monotonic() + args.give_up_after if args.give_up_after else None
+    shown: int | None = None
+    while True:
+        state = client.call("GET", "/admin/state")
+        rollout = state.get("rollout")
+        if not rollout:
+            raise CLIError("there is no rollout to watch; start one with `rollout start`")
+        analysis = client.call("GET", "/admin/analysis")
+        decisions = rollout.get("decisions") or []
+        if shown is None:
+            shown = max(len(decisions) - 1, 0)  # the latest decision, for context
+        _emit(args, {"state": state, "analysis": analysis}, partial(render_watch, state, analysis))
+        status = rollout.get("status")
+        if not args.json:
+            for decision in decisions[shown:]:
+                print(f"  decision: {_verdict(decision)}")
+            if status == "awaiting_promotion":
+                print("  at the manual gate: `rollout resume` promotes, `rollout rollback` aborts")
+            if status not in ACTIVE:
+                print(f"rollout {rollout.get('id')} {status}; stable is now {state.get('stable')}")
+        shown = len(decisions)
+        sys.stdout.flush()
+        if status not in ACTIVE:
+            return EXIT_OK if status == "promoted" else EXIT_ROLLED_BACK
+        if deadline is not None and time.monotonic() > deadline:
+            raise CLIError(f"rollout {rollout.get('id')} is still {status} after "
+                           f"{args.give_up_after:g} s")
+        time.sleep(args.interval)
+
+
+def cmd_events(client: AdminClient, args: argparse.Namespace) -> int:
+    doc = client.call("GET", "/admin/events", params={"limit": args.limit, "after": args.after})
+    _emit(args, doc, partial(render_events, doc.get("events") or []))
+    return EXIT_OK
+
+
+# -- arguments -------------------------------------------------------------------------------------
+
+
+def _percent(text: str) -> int:
+    if not text.strip().isdigit() or not 0 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer percent from 0 to 100")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _if_match(text: str) -> str:
+    tag = text.strip().removeprefix("W/").strip('"')
+    if not tag.isdigit():
+        raise argparse.ArgumentTypeError(f"takes a config version like 7, got {text!r}")
+    return tag
+
+
+def _opt(metavar: str | None, help_text: str, **settings: Any) -> dict[str, Any]:
+    return {"help": help_text, **({"metavar": metavar} if metavar else {}), **settings}
+
+
+Option = tuple[str, dict[str, Any]]
+CONNECTION: list[Option] = [
+    ("--url", _opt("URL", f"router base URL (default: $ROLLOUT_URL, else {DEFAULT_URL})")),
+    ("--token", _opt("TOKEN", "admin token (default: $ROLLOUT_TOKEN)")),
+    ("--json", _opt(None, "print the router's JSON to stdout (for scripts)", action="store_true")),
+    ("--timeout", _opt("SECONDS", "seconds to wait for each HTTP answer (default: 10)",
+                       type=_seconds)),
+]
+REASON: Option = ("--reason", _opt("TEXT", "why, for the audit log"))
+IF_MATCH: Option = ("--if-match", _opt("VERSION", "only if config_version is still VERSION "
+                                       "(else 412)", type=_if_match))
+COMMANDS: dict[str, tuple[Command, str, list[Option]]] = {
+    "status": (cmd_status, "strategy, split, both versions' artifacts, rollout step, last verdict",
+               []),
+    "set": (cmd_set, "change strategy, canary weight, shadow percent or the roles", [
+        ("--strategy", _opt("NAME", "release-in-place, blue-green, canary or shadow")),
+        ("--weight", _opt("PERCENT", "canary_weight: percent of requests to the candidate",
+                          type=_percent)),
+        ("--shadow-percent", _opt("PERCENT", "percent of requests mirrored to the candidate",
+                                  type=_percent)),
+        ("--stable", _opt("VERSION", "version label that answers by default")),
+        ("--candidate", _opt("VERSION", "version label under test ('none' clears it)")),
+        REASON, IF_MATCH]),
+    "promote": (_transition("/admin/promote"), "make the candidate stable (all traffic)",
+                [REASON, IF_MATCH]),
+    "rollback": (_transition("/admin/rollback"), "all traffic to stable; aborts a running rollout",
+                 [REASON, IF_MATCH]),
+    "start": (cmd_start, "start an automated rollout from flags or a plan file", [
+        ("--plan", _opt("FILE", "YAML or JSON plan; flags override its fields")),
+        ("--strategy", _opt("NAME", "canary, blue-green, shadow-then-canary or release-in-place")),
+        ("--candidate", _opt("VERSION", "version to roll out (default: the current candidate)")),
+        ("--steps", _opt("PERCENTS", "canary weights in percent, ending at 100, e.g. 5,25,50,100")),
+        ("--interval", _opt("SECONDS", "seconds between analyses", type=_seconds)),
+        ("--min-requests", _opt("N", "per-version sample size before a verdict", type=int)),
+        ("--max-failed", _opt("N", "failed analyses tolerated before rollback", type=int)),
+        ("--shadow-percent", _opt("PERCENT", "mirrored percent in the shadow phase",
+                                  type=_percent)),
+        ("--threshold", _opt("KEY=VALUE", "e.g. max_error_rate_increase=0.01, max_p99_ratio=1.5, "
+                             "min_agreement=0.95 (repeatable)", action="append")),
+        ("--manual-promotion", _opt(None, "hold before the final promotion until `rollout "
+                                    "resume`", action="store_true")),
+        REASON, IF_MATCH]),
+    "pause": (_transition("/admin/rollout/pause"), "hold a running rollout at its current step",
+              [REASON]),
+    "resume": (_transition("/admin/rollout/resume"),
+               "continue a paused rollout, or promote one waiting at the manual gate", [REASON]),
+    "watch": (cmd_watch, "follow the rollout and its live analysis until it ends", [
+        ("--interval", _opt("SECONDS", "seconds between refreshes (default: 2)", type=_seconds,
+                            default=2.0)),
+        ("--give-up-after", _opt("SECONDS", "exit 2 if the rollout has not ended by then "
+                                 "(default: wait)", type=_seconds))]),
+    "events": (cmd_events, "the audit log: time, actor, change, reason", [
+        ("--limit", _opt("N", "newest N events (1-1000, default: 20)", type=int, default=20)),
+        ("--after", _opt("ID", "only events after this id", type=int, default=0))]),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rollout`` argument parser; connection options work before or after the command."""
+    common = argparse.ArgumentParser(add_help=False)
+    for flag, settings in CONNECTION:
+        common.add_argument(flag, default=argparse.SUPPRESS, **settings)
+    parser = argparse.ArgumentParser(
+        prog="rollout", parents=[common],
+        description="Operate the model router: inspect, change and roll out versions through its "
+                    "admin API.",
+        epilog="exit codes: 0 ok (watch: promoted), 1 watch: rolled back or aborted, 2 error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (func, help_text, options) in COMMANDS.items():
+        command = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        command.set_defaults(func=func, if_match=None)
+        for flag, settings in options:
+            command.add_argument(flag, **settings)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    url = getattr(args, "url", None) or os.environ.get("ROLLOUT_URL") or DEFAULT_URL
+    token = getattr(args, "token", None) or os.environ.get("ROLLOUT_TOKEN") or None
+    args.json = getattr(args, "json", False)
+    client = AdminClient(url, token, getattr(args, "timeout", 10.0))
+    try:
+        return int(args.func(client, args))
+    except CLIError as exc:
+        print(f"rollout: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # the reader went away (`rollout events | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
