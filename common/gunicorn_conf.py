@@ -26,6 +26,10 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 proc_name = os.environ.get("GUNICORN_PROC_NAME", "model-router")
+# Restart a worker after this many requests (0: never), e.g. to bound a slow leak; the jitter
+# (default a tenth of it) keeps the workers from restarting all at once.
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
+max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", str(max_requests // 10)))
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]
@@ -40,11 +44,81 @@ def on_starting(server):  # type: ignore[no-untyped-def]
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
-    """Mark a dead worker so its live gauges leave the exposition."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
+    """Fold a dead worker's metric files into the archive: its counts stay, its files go.
 
-        multiprocess.mark_process_dead(worker.pid)
+    Without this every restarted worker (GUNICORN_MAX_REQUESTS, a crash, a timeout) would leave
+    its files behind, and the folder would grow without bound.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from metrics.multiprocess import archive_dead_worker
+
+        archive_dead_worker(worker.pid)
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """gevent WSGI workers: at shutdown, close connections that sit idle between requests.
+
+    The worker waits up to graceful_timeout for every open connection, and a kept-alive idle
+    one (a client's connection pool always holds some) never ends by itself, so a restart took
+    the whole 25 s and ended in SIGKILL. Requests in flight, or already sent, still get answers.
+    """
+    handler = getattr(worker, "wsgi_handler", None)
+    if handler is None:
+        return
+    _count_requests(worker)
+    import socket
+    from typing import Any
+
+    import gevent
+
+    waiting: set[Any] = set()  # handlers reading the next request line of their connection
+
+    def stop_reading(conn: Any) -> None:
+        try:  # what the client already sent can still be read; after it, end-of-file
+            conn.socket.shutdown(socket.SHUT_RD)
+        except (AttributeError, OSError):
+            pass
+
+    class ClosingWhenStopped(handler):  # type: ignore[misc, valid-type]
+        def read_requestline(self):  # type: ignore[no-untyped-def]
+            waiting.add(self)
+            try:
+                if not worker.alive:
+                    stop_reading(self)
+                return super().read_requestline()
+            finally:
+                waiting.discard(self)
+
+    def close_idle_on_shutdown() -> None:
+        while worker.alive:
+            gevent.sleep(0.1)
+        for conn in list(waiting):
+            stop_reading(conn)
+
+    worker.wsgi_handler = ClosingWhenStopped
+    gevent.spawn(close_idle_on_shutdown)
+
+
+def _count_requests(worker):  # type: ignore[no-untyped-def]
+    """Restart a gevent WSGI worker after max_requests requests.
+
+    gunicorn counts requests only in the request loops of its other worker classes: for this
+    one the setting would do nothing.
+    """
+    import sys
+
+    if worker.max_requests >= sys.maxsize:  # not configured
+        return
+    app = worker.wsgi
+
+    def counting(environ, start_response):  # type: ignore[no-untyped-def]
+        worker.nr += 1
+        if worker.nr >= worker.max_requests and worker.alive:
+            worker.log.info("Autorestarting worker after current request.")
+            worker.alive = False
+        return app(environ, start_response)
+
+    worker.wsgi = counting
 
 
 def on_exit(server):  # type: ignore[no-untyped-def]

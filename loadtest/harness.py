@@ -12,6 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +203,29 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def start_together(*starters: Callable[[], Proc]) -> list[Proc]:
+    """Start several servers at once (each starter returns a ready Proc); stops them all on failure."""
+    with ThreadPoolExecutor(len(starters)) as pool:
+        futures = [pool.submit(start) for start in starters]
+        wait(futures)
+    procs = [f.result() for f in futures if f.exception() is None]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        stop_together(procs)
+        raise errors[0]  # type: ignore[misc]
+    return procs
+
+
+def stop_together(procs: list[Proc], quick: bool = False) -> None:
+    """Signal every server at once, then wait for each (see Proc.stop).
+
+    SIGTERM lets gunicorn finish in-flight requests; ``quick`` sends SIGINT, its fast shutdown,
+    for servers nobody is talking to any more.
+    """
+    for proc in procs:
+        if proc.proc.poll() is None:
+            proc.proc.send_signal(signal.SIGINT if quick else signal.SIGTERM)
+    for proc in procs:
+        proc.stop()

@@ -5,9 +5,11 @@ Checks (each records its value, threshold and sample sizes):
 - sample size: fewer than ``min_requests`` for either version gives "wait", never "pass";
 - error rate: candidate minus stable at most ``max_error_rate_increase``;
 - latency: p99 ratio at most ``max_p99_ratio``, and a one-sided Mann-Whitney U test on the
-  latency samples (histogram buckets as tied ranks) at ``confidence``; latency fails only when the
-  ratio is exceeded *and* the test says the candidate is slower, so noise in one tail does not
-  roll back a good release;
+  latency samples (histogram buckets as tied ranks) at ``confidence``, of the candidate against
+  stable's latencies scaled by ``max_p99_ratio``; latency fails only when the ratio is exceeded
+  *and* the test says the candidate is slower by more than that ratio, so noise in one tail (or a
+  candidate a little slower everywhere, which on a busy router is significant but harmless) does
+  not roll back a good release;
 - shadow agreement (when mirroring): agree share at least ``min_agreement``.
 
     >>> judge(stable_counts, candidate_counts, Thresholds()).decision   # doctest: +SKIP
@@ -78,12 +80,13 @@ def latency_check(stable: dict[float, float], candidate: dict[float, float], t: 
     if p99_s is None or p99_c is None:
         return Check(name, WAIT, None, t.max_p99_ratio, "no latency samples yet")
     ratio = p99_c / p99_s if p99_s > 0 else float("inf")
-    a, b = _expand(candidate), _expand(stable)
+    a, b = _expand(candidate), [x * t.max_p99_ratio for x in _expand(stable)]
     p_value = float(mannwhitneyu(a, b, alternative="greater").pvalue) if a and b else 1.0
     slower = p_value < 1 - t.confidence
     failed = ratio > t.max_p99_ratio and slower
     detail = (f"p99 stable {p99_s * 1e3:.1f} ms, candidate {p99_c * 1e3:.1f} ms; "
-              f"Mann-Whitney U one-sided p={p_value:.3g} at confidence {t.confidence}")
+              f"Mann-Whitney U, candidate slower than {t.max_p99_ratio:g} x stable: one-sided "
+              f"p={p_value:.3g} at confidence {t.confidence}")
     return Check(name, FAIL if failed else PASS, round(ratio, 4), t.max_p99_ratio, detail)
 
 

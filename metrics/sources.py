@@ -37,20 +37,35 @@ def _counts(reading: Reading, version: str) -> VersionCounts:
     return reading[version]
 
 
+def _add_unreachable(reading: Reading, unreachable: dict[str, float],
+                     gateway: dict[str, float]) -> None:
+    """Count attempts that got no response as requests of the version tried.
+
+    When no version answered at all, the router's own 502 is already counted under the version
+    it tried first (``router_requests_total{code="502"}``): those attempts are not counted twice.
+    """
+    for version, attempts in unreachable.items():
+        _counts(reading, version).requests += max(0.0, attempts - gateway.get(version, 0.0))
+
+
 def reading_from_metrics(families: Iterable[Metric]) -> Reading:
     """Fold router metric families (as collected) into cumulative per-version counts."""
     reading: Reading = {}
+    unreachable: dict[str, float] = {}
+    gateway: dict[str, float] = {}
     for family in families:
         for sample in family.samples:
             labels, value = sample.labels, sample.value
             name = sample.name
             if name == "router_requests_total":
                 _counts(reading, labels["version"]).requests += value
+                if labels["code"] == "502":
+                    gateway[labels["version"]] = gateway.get(labels["version"], 0.0) + value
             elif name == "router_upstream_errors_total":
                 counts = _counts(reading, labels["version"])
                 counts.errors += value
                 if labels["reason"] in UNREACHABLE_REASONS:
-                    counts.requests += value  # attempts that got no response from this version
+                    unreachable[labels["version"]] = unreachable.get(labels["version"], 0.0) + value
             elif name == "router_request_duration_seconds_bucket":
                 buckets = _counts(reading, labels["version"]).latency_buckets
                 le = float(labels["le"])
@@ -71,6 +86,7 @@ def reading_from_metrics(families: Iterable[Metric]) -> Reading:
                     counts.agree += value
                 else:
                     counts.disagree += value
+    _add_unreachable(reading, unreachable, gateway)
     return reading
 
 
@@ -96,6 +112,7 @@ class PrometheusSource:
         "errors": "sum by (version) (router_upstream_errors_total)",
         "unreachable": 'sum by (version) (router_upstream_errors_total{reason=~"%s"})'
         % "|".join(sorted(UNREACHABLE_REASONS)),
+        "gateway": 'sum by (version) (router_requests_total{code="502"})',
         "latency": "sum by (version, le) (router_request_duration_seconds_bucket)",
         "shadow_latency": "sum by (version, le) (router_shadow_duration_seconds_bucket)",
         "shadow": "sum by (version, outcome) (router_shadow_requests_total)",
@@ -119,6 +136,8 @@ class PrometheusSource:
 
     def read(self) -> Reading:
         reading: Reading = {}
+        unreachable: dict[str, float] = {}
+        gateway: dict[str, float] = {}
         for key, promql in self.QUERIES.items():
             for series in self.query(promql):
                 labels, value = series["metric"], float(series["value"][1])
@@ -131,7 +150,9 @@ class PrometheusSource:
                 elif key == "errors":
                     counts.errors += value
                 elif key == "unreachable":
-                    counts.requests += value
+                    unreachable[version] = value
+                elif key == "gateway":
+                    gateway[version] = value
                 elif key in ("latency", "shadow_latency"):
                     target = counts.latency_buckets if key == "latency" else counts.shadow_latency_buckets
                     le = float(labels["le"])
@@ -146,4 +167,5 @@ class PrometheusSource:
                         counts.agree += value
                     else:
                         counts.disagree += value
+        _add_unreachable(reading, unreachable, gateway)
         return reading

@@ -1,13 +1,13 @@
 """Per-version statistics over a window: the difference of two cumulative readings.
 
 A reading holds cumulative counters per version (requests, errors, latency histogram buckets,
-shadow outcomes). A window is ``later - earlier``; a counter that went down (a restarted router)
-counts from zero.
+shadow outcomes). A window is ``later - earlier``; when a version's counters went down (a restarted
+router), that version counts from zero.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from metrics.buckets import LATENCY_BUCKETS
 
@@ -36,22 +36,34 @@ class VersionCounts:
         total = self.agree + self.disagree
         return self.agree / total if total else None
 
+    def _scalars(self) -> tuple[float, ...]:
+        return (self.requests, self.errors, self.shadow_requests, self.shadow_errors, self.agree,
+                self.disagree)
+
     def minus(self, earlier: VersionCounts) -> VersionCounts:
-        def d(a: float, b: float) -> float:
-            return a - b if a >= b else a
+        # A restart zeroes every counter of the version at once, so one counter that went down
+        # means all of them count from zero (per counter, a restarted one that had already passed
+        # its old value would be mixed with ones that had not: more errors than requests).
+        pairs = [*zip(self._scalars(), earlier._scalars(), strict=True),
+                 *((v, earlier.latency_buckets.get(le, 0.0)) for le, v in self.latency_buckets.items()),
+                 *((v, earlier.shadow_latency_buckets.get(le, 0.0))
+                   for le, v in self.shadow_latency_buckets.items())]
+        if any(a < b for a, b in pairs):
+            return replace(self, latency_buckets=dict(self.latency_buckets),
+                           shadow_latency_buckets=dict(self.shadow_latency_buckets))
 
         def buckets(a: dict[float, float], b: dict[float, float]) -> dict[float, float]:
-            return {le: d(v, b.get(le, 0.0)) for le, v in a.items()}
+            return {le: v - b.get(le, 0.0) for le, v in a.items()}
 
         return VersionCounts(
-            requests=d(self.requests, earlier.requests),
-            errors=d(self.errors, earlier.errors),
+            requests=self.requests - earlier.requests,
+            errors=self.errors - earlier.errors,
             latency_buckets=buckets(self.latency_buckets, earlier.latency_buckets),
-            shadow_requests=d(self.shadow_requests, earlier.shadow_requests),
-            shadow_errors=d(self.shadow_errors, earlier.shadow_errors),
+            shadow_requests=self.shadow_requests - earlier.shadow_requests,
+            shadow_errors=self.shadow_errors - earlier.shadow_errors,
             shadow_latency_buckets=buckets(self.shadow_latency_buckets, earlier.shadow_latency_buckets),
-            agree=d(self.agree, earlier.agree),
-            disagree=d(self.disagree, earlier.disagree),
+            agree=self.agree - earlier.agree,
+            disagree=self.disagree - earlier.disagree,
         )
 
 

@@ -28,9 +28,10 @@ from common.errors import (
 from metrics.exposition import metrics_response
 from metrics.model import ModelMetrics
 from model_service.artifacts import ArtifactError
-from model_service.config import ModelServiceConfig
+from model_service.config import VERSION_LABEL, ModelServiceConfig
 from model_service.holder import ModelHolder
 from model_service.inputs import to_matrix
+from model_service.openapi import openapi
 
 EXTENSION = "model_service"
 
@@ -66,6 +67,7 @@ def create_app(
     state = ServiceState(config, registry or CollectorRegistry())
     app.extensions[EXTENSION] = state
     register_error_handlers(app)
+    app.register_blueprint(openapi)
     state.holder.start(config.version)
 
     @app.post("/predict")
@@ -86,6 +88,13 @@ def create_app(
         state.metrics.inference.labels(version=model.version).observe(
             time.perf_counter() - started
         )
+        overflowed = np.flatnonzero(~np.isfinite(proba).all(axis=1))
+        if overflowed.size:
+            raise Unprocessable(
+                f"instances[{overflowed[0]}]: values this far out of range overflow the model; "
+                "send values on the scale of the training data",
+                code="out_of_range",
+            )
         state.metrics.predictions.labels(version=model.version).inc(len(matrix))
         body = {"predictions": predictions, "probabilities": proba, "model_version": model.version}
         return json_response(body, headers={"X-Model-Version": model.version})
@@ -133,8 +142,11 @@ def create_app(
         unknown = sorted(set(doc) - {"version"})
         if unknown or not isinstance(target, str) or not target:
             raise Unprocessable('send {"version": "<label>"} and nothing else')
-        if "/" in target or "\\" in target or target.startswith("."):
-            raise Unprocessable(f"{target!r} is not a version label")
+        if not VERSION_LABEL.fullmatch(target):
+            raise Unprocessable(
+                f"{target[:80]!r} is not a version label: 1 to 64 of A-Z a-z 0-9 . _ -, "
+                "starting with a letter or digit"
+            )
         try:
             model, previous = state.holder.reload(target)
         except ArtifactError as exc:

@@ -116,7 +116,7 @@ def _parse_chunk(
 ) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
     try:
         frame = pd.read_csv(
-            io.StringIO("\n".join(lines)), header=None, names=range(len(layout.header)),
+            io.BytesIO("\n".join(lines).encode()), header=None, names=range(len(layout.header)),
             usecols=layout.feature_idx, dtype=np.float64, engine="c", skip_blank_lines=False,
             na_filter=False, quotechar='"',
         )
@@ -221,6 +221,10 @@ def _write_rows(
 
 
 def _field(line: str, index: int) -> str:
+    """Field ``index`` of a CSV line, as CSV text again (quoted where the value needs it)."""
     if '"' in line:
-        return next(csv.reader([line]))[index]
+        value = next(csv.reader([line]))[index]
+        if any(c in value for c in ',"\r\n'):
+            return '"' + value.replace('"', '""') + '"'
+        return value
     return line.split(",", index + 1)[index]

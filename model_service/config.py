@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from common.config import ConfigError, env_float, env_int, env_str, environ
+
+# What POST /admin/reload accepts as a version: one folder name under the artifacts folder.
+VERSION_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def _runtime_control_file(env: Mapping[str, str]) -> str | None:

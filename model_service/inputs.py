@@ -67,10 +67,16 @@ def _records_to_rows(records: list[Any], features: Sequence[str]) -> list[list[A
 
 
 def _refuse_booleans(rows: list[Any], matrix: np.ndarray) -> None:
-    """numpy turns a JSON true/false among numbers into 1/0; only rows holding a 0 or 1 can hide one."""
-    suspects = np.flatnonzero(((matrix == 0) | (matrix == 1)).any(axis=1))
+    """numpy turns a JSON true/false among numbers into 1 or 0; refuse it like a lone boolean."""
+    if len(rows) <= 8:  # checking a few rows directly is cheaper than the vectorised filter
+        suspects: Any = range(len(rows))
+    else:
+        zero_or_one = (matrix == 0) | (matrix == 1)
+        if not zero_or_one.any():
+            return
+        suspects = np.flatnonzero(zero_or_one.any(axis=1))
     for i in suspects:
-        if any(isinstance(cell, bool) for cell in rows[i]):
+        if any(type(cell) is bool for cell in rows[i]):
             raise Unprocessable(_first_bad_cell(rows, matrix.shape[1]))
 
 

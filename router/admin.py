@@ -32,6 +32,7 @@ admin = Blueprint("admin", __name__, url_prefix="/admin")
 PATCHABLE = ("strategy", "canary_weight", "shadow_percent", "stable", "candidate")
 _ACTOR = re.compile(r"^[A-Za-z0-9@._:-]{1,64}$")
 _MAX_ADMIN_BODY = 64 * 1024
+_MAX_EVENT_ID = 2**63 - 1  # event ids are 64-bit in every store
 
 
 def _ctx() -> RouterContext:
@@ -69,12 +70,17 @@ def _actor() -> str:
     return given if _ACTOR.match(given) else "admin-api"
 
 
+def _is_decimal(text: str) -> bool:
+    """ASCII digits only, short enough for int(): str.isdigit() alone also takes "²"."""
+    return 0 < len(text) <= 20 and text.isascii() and text.isdigit()
+
+
 def _if_match() -> int | None:
     raw = request.headers.get("If-Match")
     if raw is None:
         return None
     tag = raw.strip().removeprefix("W/").strip('"')
-    if not tag.isdigit():
+    if not _is_decimal(tag):
         raise BadRequest(f"If-Match must be a config_version like \"7\", got {raw!r}")
     return int(tag)
 
@@ -229,13 +235,17 @@ def rollback() -> Response:
 
 @admin.get("/events")
 def events() -> Response:
-    try:
-        limit = int(request.args.get("limit", "100"))
-        after = int(request.args.get("after", "0"))
-    except ValueError:
-        raise BadRequest("limit and after must be integers") from None
-    if not 1 <= limit <= 1000 or after < 0:
-        raise BadRequest("limit must be 1 to 1000 and after at least 0")
+    limit = _query_int("limit", 100, 1, 1000)
+    after = _query_int("after", 0, 0, _MAX_EVENT_ID)
     return json_response({"events": _ctx().store.events(limit=limit, after=after)})
+
+
+def _query_int(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not _is_decimal(raw) or not lo <= int(raw) <= hi:
+        raise BadRequest(f"{name} must be an integer from {lo} to {hi}, got {raw[:40]!r}")
+    return int(raw)
 
 

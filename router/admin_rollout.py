@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Response
 
-from common.errors import Conflict, ServiceUnavailable, json_response
+from common.errors import Conflict, ServiceUnavailable, Unprocessable, json_response
 from metrics.analysis import Thresholds, judge
 from metrics.sources import SourceUnavailable
 from metrics.window import VersionCounts, quantile, window
@@ -16,7 +16,7 @@ from router.admin import _actor, _body, _ctx, _if_match, _reason, _state_respons
 from router.live_state import Snapshot
 from router.rollout import ACTIVE, new_rollout
 from router.rollout_plan import RolloutPlan, parse_plan
-from strategies import get
+from strategies import StrategyError, get
 
 
 @admin.post("/rollout")
@@ -65,6 +65,9 @@ def _set_status(expected: tuple[str, ...], action: str) -> Response:
     ctx = _ctx()
     if_match = _if_match()
     doc = _body(required=False)
+    unknown = sorted(set(doc) - {"reason"})
+    if unknown:
+        raise Unprocessable(f"unknown field(s) {unknown}; only \"reason\" is accepted")
     reason = _reason(doc)
 
     def mutate(snap: Snapshot) -> Snapshot:
@@ -76,7 +79,10 @@ def _set_status(expected: tuple[str, ...], action: str) -> Response:
         if action == "pause":
             status = "paused"
         elif rollout["status"] == "awaiting_promotion":
-            routing, status = get(routing.strategy).promote(routing), "promoted"
+            try:
+                routing, status = get(routing.strategy).promote(routing), "promoted"
+            except StrategyError as exc:  # e.g. the candidate was unset while it waited
+                raise Conflict(f"cannot promote: {exc}", code="rollout_state") from None
         else:
             status = "running"
         return Snapshot(snap.config_version, routing, {**rollout, "status": status,

@@ -23,6 +23,7 @@ from router.context import RouterContext
 from router.dashboard import dashboard
 from router.datapath import DataPath
 from router.live_state import LiveState, Snapshot
+from router.openapi import openapi
 from router.shadow import Mirror
 from router.state import StateStore, open_store
 from router.upstream import UpstreamError, UpstreamPool
@@ -72,6 +73,7 @@ def create_app(
     register_error_handlers(app)
     app.register_blueprint(admin)
     app.register_blueprint(dashboard)
+    app.register_blueprint(openapi)
 
     @app.get("/health")
     def health() -> Response:

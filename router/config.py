@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from urllib.parse import urlsplit
 
 from common.config import ConfigError, env_bool, env_float, env_int, env_str, environ
@@ -37,6 +38,23 @@ def parse_upstreams(raw: str | None) -> dict[str, str]:
     return upstreams
 
 
+def parse_trusted_proxies(raw: str | None) -> tuple[IPv4Network | IPv6Network, ...]:
+    """``10.0.0.0/8,192.0.2.7`` -> the networks whose X-Forwarded-For the router keeps."""
+    networks = []
+    for item in (raw or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"ROUTER_TRUSTED_PROXIES entry {item!r} is not an IP address or CIDR block "
+                "(e.g. 10.0.0.0/8,192.0.2.7)"
+            ) from None
+    return tuple(networks)
+
+
 @dataclass(frozen=True)
 class RouterConfig:
     """Everything the router needs to start; upstreams are fixed for the process's life."""
@@ -56,6 +74,7 @@ class RouterConfig:
     refresh_interval_s: float = 0.25
     model_admin_token: str | None = None
     prometheus_url: str | None = None
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -75,6 +94,18 @@ class RouterConfig:
             ) from None
         if self.connect_timeout_s > self.timeout_s:
             object.__setattr__(self, "connect_timeout_s", self.timeout_s)
+
+    def trusts(self, peer: str) -> bool:
+        """Whether the connection's peer address is one of ROUTER_TRUSTED_PROXIES."""
+        if not self.trusted_proxies:
+            return False
+        try:
+            address = ip_address(peer)
+        except ValueError:
+            return False
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.trusted_proxies)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RouterConfig:
@@ -97,4 +128,5 @@ class RouterConfig:
             refresh_interval_s=env_float(env, "ROUTER_REFRESH_S", 0.25, 0.01, 1.0),
             model_admin_token=env_str(env, "ROUTER_MODEL_ADMIN_TOKEN"),
             prometheus_url=env_str(env, "ROUTER_PROMETHEUS_URL"),
+            trusted_proxies=parse_trusted_proxies(env_str(env, "ROUTER_TRUSTED_PROXIES")),
         )

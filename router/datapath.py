@@ -28,7 +28,14 @@ from strategies import Decision, RequestFacts, route
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
 _DROP_FROM_UPSTREAM = frozenset({"content-length", "date", "server", "x-model-version", "x-request-id"})
-_DROP_FROM_CLIENT = frozenset({"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-route-to"})
+# X-Request-ID is re-added once, as the id the client is told (the given one only if usable).
+_DROP_FROM_CLIENT = frozenset(
+    {"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-route-to", "x-request-id"}
+)
+
+_POST_ONLY = orjson.dumps(
+    {"error": {"code": "method_not_allowed", "message": "method not allowed; allowed: POST"}}
+)
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
@@ -60,8 +67,14 @@ class DataPath:
         self.rng = random.Random()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != "/predict" or environ.get("REQUEST_METHOD") != "POST":
+        if environ.get("PATH_INFO") != "/predict":
             return self.fallback_app(environ, start_response)
+        if environ.get("REQUEST_METHOD") != "POST":
+            start_response("405 Method Not Allowed", [
+                ("Content-Type", "application/json"), ("Allow", "POST"),
+                ("Content-Length", str(len(_POST_ONLY))),
+            ])
+            return [_POST_ONLY]
         started = time.perf_counter()
         deadline = time.monotonic() + self.config.timeout_s
         given_id = environ.get("HTTP_X_REQUEST_ID", "")
@@ -74,7 +87,7 @@ class DataPath:
             body = self._read(environ)
             headers = client_headers(environ)
             headers.append(("X-Request-ID", request_id))
-            headers.append(("X-Forwarded-For", environ.get("REMOTE_ADDR", "")))
+            headers.append(("X-Forwarded-For", self._forwarded_for(environ)))
             resp, version = self._forward(decision, body, headers, deadline)
             status, payload = resp.status, resp.body
             out = [(n, v) for n, v in end_to_end(resp.headers) if n.lower() not in _DROP_FROM_UPSTREAM]
@@ -104,6 +117,17 @@ class DataPath:
             mirror_draw=self.rng.random(),
         )
         return route(self.live.current.routing, facts)
+
+    def _forwarded_for(self, environ: dict[str, Any]) -> str:
+        """The peer appended to the client's chain if the peer is a trusted proxy, else the peer.
+
+        Anyone can send X-Forwarded-For; only a proxy of ROUTER_TRUSTED_PROXIES vouches for it.
+        """
+        peer = environ.get("REMOTE_ADDR", "")
+        chain = environ.get("HTTP_X_FORWARDED_FOR", "").strip()
+        if chain and self.config.trusts(peer):
+            return f"{chain}, {peer}"
+        return peer
 
     def _read(self, environ: dict[str, Any]) -> bytes:
         ctype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()

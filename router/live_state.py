@@ -55,6 +55,9 @@ class LiveState:
         self.last_error: str | None = None
         initial = RoutingState(config.strategy, config.stable, config.candidate)
         self.current = Snapshot(0, initial)  # provisional until the store answers
+        # A read and the publish of what it read, or a commit and its publish, run alone: so a
+        # read never publishes a state older than one already published by this process.
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
@@ -65,25 +68,29 @@ class LiveState:
         return self.current.config_version > 0
 
     def refresh(self) -> Snapshot:
-        """Read the store (initialising it on first use); on an outage keep the last state."""
-        try:
-            stored = self.store.read()
-            if stored is None:
-                stored = self.store.initialize(self.current.document() | {"rollout": None})
-        except StoreUnavailable as exc:
-            if self.store_ok:
-                log.warning("state store unreachable, routing on config_version %d: %s",
-                            self.current.config_version, exc)
-            self.store_ok, self.last_error = False, str(exc)
+        """Read the store (initialising it on first use); on an outage keep the last state.
+
+        The store is the truth, even at a lower config_version than ours: a Redis without
+        persistence comes back empty and is re-seeded with the last state, at version 1.
+        """
+        with self._lock:
+            try:
+                stored = self.store.read()
+                if stored is None:
+                    stored = self.store.initialize(self.current.document() | {"rollout": None})
+            except StoreUnavailable as exc:
+                if self.store_ok:
+                    log.warning("state store unreachable, routing on config_version %d: %s",
+                                self.current.config_version, exc)
+                self.store_ok, self.last_error = False, str(exc)
+                return self.current
+            self.store_ok, self.last_error = True, None
+            snapshot = snapshot_of(stored)
+            if snapshot != self.current:
+                self._publish(snapshot)
             return self.current
-        self.store_ok, self.last_error = True, None
-        if stored.config_version != self.current.config_version:
-            self._publish(snapshot_of(stored))
-        return self.current
 
     def _publish(self, snapshot: Snapshot) -> None:
-        if snapshot.config_version < self.current.config_version:
-            return
         self.current = snapshot
         if self.on_change is not None:
             self.on_change(snapshot)
@@ -134,14 +141,15 @@ class LiveState:
             if evidence is not None:
                 event["evidence"] = evidence
             try:
-                committed = self.store.commit(before.config_version, after.document(), event)
+                with self._lock:
+                    committed = self.store.commit(before.config_version, after.document(), event)
+                    self.store_ok = True
+                    self._publish(snapshot_of(committed))
+                    return self.current
             except StaleState:
                 if if_match is not None:
                     raise
                 continue
-            self.store_ok = True
-            self._publish(snapshot_of(committed))
-            return self.current
         raise StaleState(self.current.config_version)
 
 

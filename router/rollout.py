@@ -159,7 +159,11 @@ class RolloutController:
             log.warning("rollout analysis postponed: %s", exc)
             return None
         stats = window(reading, self.window.baseline)
-        return self._act(snap, plan, stats, now)
+        decision = self._act(snap, plan, stats, now)
+        if decision == WAIT:
+            # Keep the baseline so samples accumulate, but judge again only after another interval.
+            self.window.started = now
+        return decision
 
     def _release(self) -> None:
         if self.holding:
@@ -252,7 +256,7 @@ class RolloutController:
                 routing_fn: Any = None) -> Snapshot:
         evidence = verdict.evidence() if verdict is not None else {}
         entry = {"time": now, "phase": rollout["phase"], "step": rollout["step"],
-                 "action": action, **evidence}
+                 "action": action, "controller": self.holder, **evidence}
 
         def mutate(snap: Snapshot) -> Snapshot:
             current = snap.rollout

@@ -107,18 +107,25 @@ class Connection:
         buf = self.buffer
         while True:
             end = buf.find(b"\r\n\r\n")
-            if end >= 0:
+            if end < 0:
+                if len(buf) > _MAX_HEADER_BYTES:
+                    raise ProtocolError("response headers too large")
+                buf += self._recv(deadline)
+                continue
+            lines = buf[:end].decode("latin-1").split("\r\n")
+            buf = buf[end + 4:]
+            version, _, rest = lines[0].partition(" ")
+            try:
+                status = int(rest[:3])
+            except ValueError:
+                raise ProtocolError(f"bad status line {lines[0]!r}") from None
+            if status == 101:
+                raise ProtocolError("the upstream switched protocols; only HTTP/1.1 is spoken here")
+            if not 100 <= status < 200:
                 break
-            if len(buf) > _MAX_HEADER_BYTES:
-                raise ProtocolError("response headers too large")
-            buf += self._recv(deadline)
-        lines = buf[:end].decode("latin-1").split("\r\n")
-        buf = buf[end + 4:]
-        version, _, rest = lines[0].partition(" ")
-        try:
-            status = int(rest[:3])
-        except ValueError:
-            raise ProtocolError(f"bad status line {lines[0]!r}") from None
+            # An interim response (100 Continue to a forwarded Expect, 103 Early Hints): the
+            # final one follows on the same connection; returning this one would hand the next
+            # request on the connection the previous request's answer.
         headers: list[tuple[str, str]] = []
         length = -1
         chunked = False
@@ -135,7 +142,7 @@ class Connection:
             elif lname == "connection":
                 tokens = value.lower()
                 close = "close" in tokens or (close and "keep-alive" not in tokens)
-        if status in (204, 304) or 100 <= status < 200:
+        if status in (204, 304):
             length = 0
         if chunked:
             payload, buf = self._read_chunked(buf, deadline)
@@ -198,6 +205,8 @@ class UpstreamPool:
         except ConnectionRefusedError as exc:
             raise Unreachable("refused", f"{self.label} refused the connection: {exc}") from None
         except (TimeoutError, socket.timeout):
+            if limit < self.connect_timeout_s:  # the request's budget ran out first
+                raise Timeout(f"{self.label} did not accept within the budget") from None
             raise Unreachable("connect_timeout", f"{self.label} did not accept within "
                               f"{limit:.2f} s") from None
         except OSError as exc:

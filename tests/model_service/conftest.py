@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -34,8 +35,14 @@ def features(dataset: Any) -> list[str]:
     return [str(name) for name in dataset.feature_names]
 
 
-def post(url: str, body: Any = None, *, data: Any = None, headers: dict[str, str] | None = None,
-         timeout: float = 10.0) -> requests.Response:
+def post(
+    url: str,
+    body: Any = None,
+    *,
+    data: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> requests.Response:
     """POST ``body`` as JSON (or raw ``data``) and return the response."""
     if body is not None:
         return requests.post(url, json=body, headers=headers, timeout=timeout)
@@ -63,11 +70,13 @@ def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     return samples
 
 
-def sample_sum(samples: dict[str, list[tuple[dict[str, str], float]]], name: str,
-               **labels: str) -> float:
+def sample_sum(
+    samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
+) -> float:
     """Sum of the samples called ``name`` whose labels include ``labels``."""
     return sum(
-        value for got, value in samples.get(name, [])
+        value
+        for got, value in samples.get(name, [])
         if all(got.get(k) == v for k, v in labels.items())
     )
 
@@ -87,8 +96,11 @@ def requests_counted_by_worker(server: ServerProcess, pid: int) -> float:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=alone)
         return sum(
-            sample.value for family in registry.collect() if family.name == "model_requests"
-            for sample in family.samples if sample.name == "model_requests_total"
+            sample.value
+            for family in registry.collect()
+            if family.name == "model_requests"
+            for sample in family.samples
+            if sample.name == "model_requests_total"
         )
 
 
@@ -96,7 +108,9 @@ def serving_pids(url: str, version: str) -> set[str]:
     """Worker PIDs whose ``model_info`` says they serve ``version`` (and no other version)."""
     info = scrape(url).get("model_info", [])
     on = {labels["pid"] for labels, value in info if labels["version"] == version and value == 1}
-    elsewhere = {labels["pid"] for labels, value in info if labels["version"] != version and value == 1}
+    elsewhere = {
+        labels["pid"] for labels, value in info if labels["version"] != version and value == 1
+    }
     return on - elsewhere
 
 
@@ -104,11 +118,14 @@ def serving_pids(url: str, version: str) -> set[str]:
 def started(*specs: tuple[str, Path, Path, dict[str, str]]) -> Iterator[list[ServerProcess]]:
     """Start several model services at once (their start-ups overlap) and stop them after."""
     with ExitStack() as stack:
-        servers = [stack.enter_context(model_service(v, art, logs, **env))
-                   for v, art, logs, env in specs]
+        servers = [
+            stack.enter_context(model_service(v, art, logs, **env)) for v, art, logs, env in specs
+        ]
         for server in servers:
-            server.wait_ready()
+            server.wait_ready(timeout=90)
         yield servers
+        for server in servers:  # let them all shut down at once; the stack then waits for each
+            server.signal(signal.SIGTERM)
 
 
 def rows_of(dataset: Any, n: int, start: int = 0) -> np.ndarray:

@@ -104,8 +104,9 @@ def test_folder_holding_another_version_is_refused(doctored: Path, tmp_path: Pat
         ("model file missing", "is missing"),
     ],
 )
-def test_broken_artifact_says_what_to_do(doctored: Path, tmp_path: Path, breakage: str,
-                                         message: str) -> None:
+def test_broken_artifact_says_what_to_do(
+    doctored: Path, tmp_path: Path, breakage: str, message: str
+) -> None:
     if breakage != "no folder":
         shutil.copytree(doctored / "v1", tmp_path / "v1")
     if breakage == "metadata not JSON":
@@ -119,8 +120,9 @@ def test_broken_artifact_says_what_to_do(doctored: Path, tmp_path: Path, breakag
 @pytest.fixture(scope="module")
 def refusing_service(doctored: Path, log_dir: Path) -> Iterator[ServerProcess]:
     """``python -m model_service serve --version v2`` over the tampered v2."""
-    with model_service("v2", doctored, log_dir, WEB_CONCURRENCY="1",
-                       MODEL_ADMIN_TOKEN="tamper-secret") as server:
+    with model_service(
+        "v2", doctored, log_dir, WEB_CONCURRENCY="1", MODEL_ADMIN_TOKEN="tamper-secret"
+    ) as server:
 
         def answers() -> bool:
             if server.proc.poll() is not None:
@@ -130,12 +132,13 @@ def refusing_service(doctored: Path, log_dir: Path) -> Iterator[ServerProcess]:
             except requests.RequestException:
                 return False
 
-        wait_until(answers, 30)
+        wait_until(answers, 90)
         yield server
 
 
-def test_service_refuses_tampered_artifact_and_says_why(refusing_service: ServerProcess,
-                                                        features: list[str]) -> None:
+def test_service_refuses_tampered_artifact_and_says_why(
+    refusing_service: ServerProcess, features: list[str]
+) -> None:
     ready = requests.get(refusing_service.url + "/ready", timeout=5)
     assert ready.status_code == 503
     error = error_of(ready)

@@ -29,8 +29,9 @@ def service(request: pytest.FixtureRequest) -> tuple[str, ServerProcess]:
     return request.param, request.getfixturevalue(f"{request.param}_service")
 
 
-def test_predict_matches_the_model(service: tuple[str, ServerProcess], artifacts: Path,
-                                   dataset: Any) -> None:
+def test_predict_matches_the_model(
+    service: tuple[str, ServerProcess], artifacts: Path, dataset: Any
+) -> None:
     version, server = service
     rows = rows_of(dataset, 25, start=100)
     resp = post(server.url + "/predict", {"instances": rows.tolist()})
@@ -44,8 +45,9 @@ def test_predict_matches_the_model(service: tuple[str, ServerProcess], artifacts
     np.testing.assert_allclose(body["probabilities"], pipeline.predict_proba(rows), rtol=1e-12)
 
 
-def test_records_by_feature_name_give_the_same_answer(service: tuple[str, ServerProcess],
-                                                      dataset: Any, features: list[str]) -> None:
+def test_records_by_feature_name_give_the_same_answer(
+    service: tuple[str, ServerProcess], dataset: Any, features: list[str]
+) -> None:
     _, server = service
     rows = rows_of(dataset, 10, start=7)
     records = [dict(zip(reversed(features), reversed(row.tolist()), strict=True)) for row in rows]
@@ -66,9 +68,11 @@ def test_batch_of_500_rows(v1_service: ServerProcess, artifacts: Path, dataset: 
 
 
 def test_charset_in_content_type_is_accepted(v1_service: ServerProcess, dataset: Any) -> None:
-    resp = post(v1_service.url + "/predict",
-                data=json.dumps({"instances": [dataset.data[0].tolist()]}).encode(),
-                headers={"Content-Type": "application/json; charset=utf-8"})
+    resp = post(
+        v1_service.url + "/predict",
+        data=json.dumps({"instances": [dataset.data[0].tolist()]}).encode(),
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
     assert resp.status_code == 200
 
 
@@ -81,21 +85,29 @@ def test_health_and_ready(service: tuple[str, ServerProcess]) -> None:
     assert ready.json() == {"status": "ready", "model_version": version}
 
 
-def test_version_is_the_artifact_metadata(service: tuple[str, ServerProcess],
-                                          artifacts: Path) -> None:
+def test_version_is_the_artifact_metadata(
+    service: tuple[str, ServerProcess], artifacts: Path
+) -> None:
     version, server = service
     resp = requests.get(server.url + "/version", timeout=5)
     assert resp.status_code == 200
     meta = resp.json()
     assert meta == json.loads((artifacts / version / "metadata.json").read_text())
-    for field in ("version", "trained_at", "sklearn_version", "feature_names",
-                  "heldout_metrics", "sha256"):
+    for field in (
+        "version",
+        "trained_at",
+        "sklearn_version",
+        "feature_names",
+        "heldout_metrics",
+        "sha256",
+    ):
         assert field in meta
     assert meta["version"] == version
 
 
-def test_metrics_add_up_across_workers(v1_service: ServerProcess, artifacts: Path,
-                                       dataset: Any) -> None:
+def test_metrics_add_up_across_workers(
+    v1_service: ServerProcess, artifacts: Path, dataset: Any
+) -> None:
     url = v1_service.url
     sha256 = load_artifact(artifacts, "v1").sha256
     wait_until(lambda: len(serving_pids(url, "v1")) == 2, timeout=30)
@@ -113,8 +125,9 @@ def test_metrics_add_up_across_workers(v1_service: ServerProcess, artifacts: Pat
     with ThreadPoolExecutor(4) as pool:
         for _ in range(25):  # until both workers have answered some of them
             codes += pool.map(one, range(20))
-            if all(requests_counted_by_worker(v1_service, pid) > counted_before[pid]
-                   for pid in pids):
+            if all(
+                requests_counted_by_worker(v1_service, pid) > counted_before[pid] for pid in pids
+            ):
                 break
     assert all(requests_counted_by_worker(v1_service, pid) > counted_before[pid] for pid in pids)
     ok, unprocessable = codes.count(200), codes.count(422)
@@ -138,13 +151,17 @@ def test_metrics_add_up_across_workers(v1_service: ServerProcess, artifacts: Pat
     counts = [value for _, value in buckets]
     assert counts == sorted(counts) and buckets[-1][0] == float("inf")
     assert counts[-1] == sample_sum(after, "model_inference_duration_seconds_count", version="v1")
-    info = {(labels["pid"], labels["sha256"]): value for labels, value in after["model_info"]
-            if labels["version"] == "v1"}
+    info = {
+        (labels["pid"], labels["sha256"]): value
+        for labels, value in after["model_info"]
+        if labels["version"] == "v1"
+    }
     assert info == {(str(pid), sha256): 1.0 for pid in pids}
 
 
-def test_metrics_of_a_single_process_app(artifacts: Path, dataset: Any,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_metrics_of_a_single_process_app(
+    artifacts: Path, dataset: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without PROMETHEUS_MULTIPROC_DIR (one process), /metrics shows the app's own registry."""
     from model_service.app import create_app
     from model_service.config import ModelServiceConfig
@@ -152,7 +169,10 @@ def test_metrics_of_a_single_process_app(artifacts: Path, dataset: Any,
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     client = create_app(ModelServiceConfig(version="v2", artifacts=str(artifacts))).test_client()
     for _ in range(3):
-        assert client.post("/predict", json={"instances": rows_of(dataset, 4).tolist()}).status_code == 200
+        assert (
+            client.post("/predict", json={"instances": rows_of(dataset, 4).tolist()}).status_code
+            == 200
+        )
     text = client.get("/metrics").get_data(as_text=True)
     assert 'model_requests_total{code="200",version="v2"} 3.0' in text
     assert 'model_predictions_total{version="v2"} 12.0' in text

@@ -24,14 +24,16 @@ def faulty(artifacts: Path, log_dir: Path) -> Iterator[dict[str, ServerProcess]]
         "half": {"FAULT_ERROR_RATE": "0.5"},
         "slow": {"FAULT_LATENCY_MS": "200"},
     }
-    specs = [("v1", artifacts, log_dir, {"WEB_CONCURRENCY": "1", **env})
-             for env in settings.values()]
+    specs = [
+        ("v1", artifacts, log_dir, {"WEB_CONCURRENCY": "1", **env}) for env in settings.values()
+    ]
     with started(*specs) as servers:
         yield dict(zip(settings, servers, strict=True))
 
 
-def test_error_rate_1_fails_every_prediction_as_json(faulty: dict[str, ServerProcess],
-                                                     dataset: Any) -> None:
+def test_error_rate_1_fails_every_prediction_as_json(
+    faulty: dict[str, ServerProcess], dataset: Any
+) -> None:
     url = faulty["always"].url
     before = scrape(url)
     body = {"instances": rows_of(dataset, 2).tolist()}
@@ -41,10 +43,13 @@ def test_error_rate_1_fails_every_prediction_as_json(faulty: dict[str, ServerPro
         error = error_of(resp)
         assert error["code"] == "injected_fault" and "FAULT_ERROR_RATE" in error["message"]
     after = scrape(url)
-    assert (sample_sum(after, "model_requests_total", version="v1", code="500")
-            - sample_sum(before, "model_requests_total", version="v1", code="500")) == 10
+    assert (
+        sample_sum(after, "model_requests_total", version="v1", code="500")
+        - sample_sum(before, "model_requests_total", version="v1", code="500")
+    ) == 10
     assert sample_sum(after, "model_predictions_total", version="v1") == sample_sum(
-        before, "model_predictions_total", version="v1")
+        before, "model_predictions_total", version="v1"
+    )
 
 
 def test_faults_leave_validation_and_probes_alone(faulty: dict[str, ServerProcess]) -> None:

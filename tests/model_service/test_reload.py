@@ -26,8 +26,9 @@ def _served_version(url: str) -> str:
 
 def test_reload_is_disabled_without_a_token(artifacts: Path) -> None:
     client = create_app(ModelServiceConfig(version="v1", artifacts=str(artifacts))).test_client()
-    resp = client.post("/admin/reload", json={"version": "v2"},
-                       headers={"Authorization": "Bearer anything"})
+    resp = client.post(
+        "/admin/reload", json={"version": "v2"}, headers={"Authorization": "Bearer anything"}
+    )
     assert resp.status_code == 503
     assert resp.json["error"]["code"] == "admin_disabled"
     assert "MODEL_ADMIN_TOKEN" in resp.json["error"]["message"]
@@ -46,8 +47,9 @@ def test_reload_is_disabled_without_a_token(artifacts: Path) -> None:
     ],
     ids=["missing", "wrong", "longer", "basic scheme", "no scheme", "other header"],
 )
-def test_missing_or_wrong_token_is_401_and_nothing_changes(v1_service: ServerProcess,
-                                                           headers: dict[str, str]) -> None:
+def test_missing_or_wrong_token_is_401_and_nothing_changes(
+    v1_service: ServerProcess, headers: dict[str, str]
+) -> None:
     # v1_service's token is "model-secret"; none of these carry it.
     resp = post(v1_service.url + "/admin/reload", {"version": "v2"}, headers=headers)
     assert resp.status_code == 401
@@ -73,10 +75,12 @@ def test_token_in_query_string_is_not_accepted(v1_service: ServerProcess) -> Non
         ({"version": "v2", "force": True}, 422, "invalid_input"),
     ],
 )
-def test_bad_reload_request_changes_nothing(v1_service: ServerProcess, body: dict[str, Any],
-                                            status: int, code: str) -> None:
-    resp = post(v1_service.url + "/admin/reload", body,
-                headers={"Authorization": "Bearer model-secret"})
+def test_bad_reload_request_changes_nothing(
+    v1_service: ServerProcess, body: dict[str, Any], status: int, code: str
+) -> None:
+    resp = post(
+        v1_service.url + "/admin/reload", body, headers={"Authorization": "Bearer model-secret"}
+    )
     assert resp.status_code == status
     assert error_of(resp)["code"] == code
     assert _served_version(v1_service.url) == "v1"
@@ -85,9 +89,10 @@ def test_bad_reload_request_changes_nothing(v1_service: ServerProcess, body: dic
 @pytest.fixture(scope="module")
 def reloadable(artifacts: Path, log_dir: Path) -> Iterator[ServerProcess]:
     """A two-worker v1 service of its own: reloading it must not disturb the shared ones."""
-    with model_service("v1", artifacts, log_dir, WEB_CONCURRENCY="2",
-                       MODEL_ADMIN_TOKEN=SECRET) as server:
-        server.wait_ready()
+    with model_service(
+        "v1", artifacts, log_dir, WEB_CONCURRENCY="2", MODEL_ADMIN_TOKEN=SECRET
+    ) as server:
+        server.wait_ready(timeout=90)
         wait_until(lambda: len(serving_pids(server.url, "v1")) == 2, timeout=30)
         yield server
 
@@ -151,8 +156,7 @@ def test_reload_under_load_loses_nothing_and_reaches_every_worker(
     wait_until(lambda: len(serving_pids(url, "v1")) == 2, timeout=5)
 
 
-def test_reload_to_the_served_version_is_harmless(reloadable: ServerProcess,
-                                                  dataset: Any) -> None:
+def test_reload_to_the_served_version_is_harmless(reloadable: ServerProcess, dataset: Any) -> None:
     current = _served_version(reloadable.url)
     resp = post(reloadable.url + "/admin/reload", {"version": current}, headers=BEARER)
     assert resp.status_code == 200 and resp.json()["model_version"] == current

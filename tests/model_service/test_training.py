@@ -31,16 +31,18 @@ def retrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
-def test_two_trainings_predict_identically(artifacts: Path, retrained: Path, dataset: Any,
-                                           version: str) -> None:
+def test_two_trainings_predict_identically(
+    artifacts: Path, retrained: Path, dataset: Any, version: str
+) -> None:
     first = load_artifact(artifacts, version).pipeline.predict_proba(dataset.data)
     second = load_artifact(retrained, version).pipeline.predict_proba(dataset.data)
     np.testing.assert_array_equal(first, second)
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
-def test_metadata_describes_the_artifact(artifacts: Path, features: list[str],
-                                         version: str) -> None:
+def test_metadata_describes_the_artifact(
+    artifacts: Path, features: list[str], version: str
+) -> None:
     folder = artifacts / version
     meta = json.loads((folder / "metadata.json").read_text())
     assert meta["version"] == version
@@ -71,8 +73,9 @@ def test_versions_are_genuinely_different_models(artifacts: Path, dataset: Any) 
     assert not np.allclose(v1.predict_proba(dataset.data), v2.predict_proba(dataset.data))
 
 
-def test_unknown_version_is_refused_with_the_known_ones(tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_version_is_refused_with_the_known_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(ValueError, match="v1, v2"):
         train_version("v9", tmp_path)
     assert main(["train", "--version", "v9", "--artifacts", str(tmp_path)]) == 2

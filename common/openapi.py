@@ -1,0 +1,206 @@
+"""Building blocks of both services' OpenAPI documents, and the view that serves one.
+
+Each service builds its document as plain dicts (``model_service/openapi.py``,
+``router/openapi.py``) from its live configuration, so the document says what this very process
+accepts: the loaded model's feature names, the configured row limit, the configured versions.
+
+    >>> doc = document("API", "1", "", {"/health": {"get": operation("Liveness", {
+    ...     "200": json_body("alive", {"type": "object"})})}})
+    >>> doc["openapi"]
+    '3.0.3'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from flask import Blueprint, Response
+
+from common.errors import json_response
+
+OPENAPI_VERSION = "3.0.3"
+JSON = "application/json"
+ERROR_REF = "#/components/schemas/Error"
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Every error, whatever the status: a stable machine code and a message that "
+                   "says what to do.",
+    "required": ["error"],
+    "additionalProperties": False,
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "additionalProperties": False,
+            "properties": {
+                "code": {"type": "string", "minLength": 1, "example": "invalid_input"},
+                "message": {"type": "string", "minLength": 1},
+                "details": {"description": "Machine-readable context, when there is any."},
+            },
+        }
+    },
+}
+
+ERROR_MEANINGS = {
+    400: "Malformed request: the body is not JSON or not an object, or a header or query value "
+         "has the wrong form.",
+    401: "Missing or wrong bearer token.",
+    404: "Unknown version.",
+    409: "The request conflicts with the current state.",
+    412: "If-Match names a config_version that is no longer current.",
+    413: "Body over the size limit, or too many rows.",
+    415: "Content-Type is not application/json.",
+    422: "Well-formed JSON with invalid values.",
+    500: "Injected fault (FAULT_ERROR_RATE is set).",
+    502: "No model service answered.",
+    503: "Not ready, or disabled by configuration.",
+    504: "The model service did not answer within the time budget.",
+}
+
+BEARER_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "The admin token, sent as `Authorization: Bearer <token>`. Tokens in the "
+                   "query string are never accepted.",
+}
+
+STRING = {"type": "string"}
+NULLABLE_STRING = {"type": "string", "nullable": True}
+
+
+def json_body(description: str, schema: Mapping[str, Any],
+              headers: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A response (or request body) with a JSON ``schema``."""
+    response: dict[str, Any] = {"description": description,
+                                "content": {JSON: {"schema": dict(schema)}}}
+    if headers:
+        response["headers"] = dict(headers)
+    return response
+
+
+def header(description: str, schema: Mapping[str, Any] | None = None,
+           required: bool = True) -> dict[str, Any]:
+    """A response header object."""
+    return {"description": description, "required": required, "schema": dict(schema or STRING)}
+
+
+def errors(*statuses: int, meanings: Mapping[int, str] | None = None,
+           headers: Mapping[int, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Error responses in the contract's JSON shape, one per status."""
+    meanings = {**ERROR_MEANINGS, **(meanings or {})}
+    headers = headers or {}
+    return {str(status): json_body(meanings[status], {"$ref": ERROR_REF}, headers.get(status))
+            for status in statuses}
+
+
+def operation(summary: str, responses: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
+    """One operation object; ``fields`` adds parameters, requestBody, security, description."""
+    return {"summary": summary, **fields, "responses": dict(responses)}
+
+
+def header_parameter(name: str, description: str, schema: Mapping[str, Any] | None = None,
+                     required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": required, "description": description,
+            "schema": dict(schema or STRING)}
+
+
+def document(title: str, version: str, description: str, paths: Mapping[str, Any],
+             schemas: Mapping[str, Any] | None = None,
+             security_schemes: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A complete OpenAPI document; the Error schema is always among its components."""
+    components: dict[str, Any] = {"schemas": {"Error": ERROR_SCHEMA, **(schemas or {})}}
+    if security_schemes:
+        components["securitySchemes"] = dict(security_schemes)
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": title, "version": version, "description": description},
+        "paths": dict(paths),
+        "components": components,
+    }
+
+
+def openapi_operation() -> dict[str, Any]:
+    """``GET /openapi.json`` describing itself."""
+    return operation("This document",
+                     {"200": json_body("The OpenAPI document", {"type": "object"})})
+
+
+def plain_text(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/plain": {"schema": STRING}}}
+
+
+def prediction_rows_schema(feature_names: Sequence[str] | None,
+                           max_rows: int | None) -> dict[str, Any]:
+    """``{"instances": [...]}``: rows as arrays in feature order, or as objects keyed by name.
+
+    Without ``feature_names`` (no model loaded) any non-empty row of numbers is described; the
+    service then answers 503 anyway.
+    """
+    number = {"type": "number"}
+    if feature_names:
+        width = len(feature_names)
+        as_array: dict[str, Any] = {"type": "array", "minItems": width, "maxItems": width,
+                                    "items": number}
+        as_object: dict[str, Any] = {"type": "object", "required": list(feature_names),
+                                     "properties": {name: number for name in feature_names},
+                                     "additionalProperties": False}
+    else:
+        as_array = {"type": "array", "minItems": 1, "items": number}
+        as_object = {"type": "object", "minProperties": 1, "additionalProperties": number}
+
+    def rows(row: dict[str, Any], description: str) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": row,
+                                  "description": description}
+        if max_rows is not None:
+            schema["maxItems"] = max_rows
+        return schema
+
+    return {
+        "type": "object",
+        "required": ["instances"],
+        "additionalProperties": False,
+        "properties": {
+            "instances": {"oneOf": [
+                rows(as_array, "Rows as arrays of the feature values, in feature order "
+                               "(GET /version lists the feature names)."),
+                rows(as_object, "Rows as objects: feature name to value, every feature once."),
+            ]},
+        },
+    }
+
+
+def prediction_schema(classes: Sequence[Any] | None) -> dict[str, Any]:
+    """The 200 body of ``POST /predict``: one class and one probability row per instance."""
+    label: dict[str, Any] = (
+        {"enum": list(classes)} if classes
+        else {"anyOf": [{"type": "integer"}, {"type": "string"}]}
+    )
+    probability_row: dict[str, Any] = {"type": "array", "minItems": 1,
+                                       "items": {"type": "number", "minimum": 0, "maximum": 1}}
+    if classes:
+        probability_row["minItems"] = probability_row["maxItems"] = len(classes)
+    return {
+        "type": "object",
+        "required": ["predictions", "probabilities", "model_version"],
+        "additionalProperties": False,
+        "properties": {
+            "predictions": {"type": "array", "minItems": 1, "items": label},
+            "probabilities": {"type": "array", "minItems": 1, "items": probability_row,
+                              "description": "Per row, the probability of each class, in the "
+                                             "model's class order."},
+            "model_version": {"type": "string", "minLength": 1},
+        },
+    }
+
+
+def spec_blueprint(build: Callable[[], dict[str, Any]]) -> Blueprint:
+    """A blueprint serving ``GET /openapi.json``, built by ``build`` on each request."""
+    blueprint = Blueprint("openapi", __name__)
+
+    @blueprint.get("/openapi.json")
+    def openapi_document() -> Response:
+        return json_response(build(), headers={"Cache-Control": "no-cache"})
+
+    return blueprint

@@ -1,0 +1,382 @@
+"""Model service benchmark: what HTTP adds to a prediction, and batch scoring against in-memory.
+
+    python -m loadtest.bench_model_service [--quick]
+
+Everything is measured side by side in one run, interleaved in rounds, medians of the rounds
+reported (the machine may be small and shared):
+- one row at concurrency 1 over a keep-alive connection to a one-worker service, against
+  ``predict_matrix`` on the same row in this process: p50 and p99, and what HTTP adds at p50;
+- 1000-row requests: what the service adds per row on top of the pipeline's own predict;
+- batch scoring of a 100,000-row CSV (``model_service.batch.score_csv``) against predicting the
+  same rows already in memory and against a scorer that reads the whole CSV with pandas;
+- peak memory of batch runs over 10,000 and 100,000 rows, each in a fresh process.
+
+Uses ``artifacts/`` when both versions are trained there, else trains into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from loadtest.harness import ROOT, Proc, free_port, stop_together, table
+
+VERSIONS = ("v1", "v2")
+BATCH_ROWS = 100_000
+MEMORY_ROWS = (10_000, 100_000)
+
+_PEAK_MEMORY = """
+import resource, sys
+from model_service.batch import score_csv
+def own_peak():
+    # Linux carries a parent's peak RSS into ru_maxrss across fork and exec; VmHWM is this
+    # process's own high-water mark.
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+score_csv(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], progress=False)
+print(own_peak())
+"""
+
+
+def _artifacts(scratch: Path) -> Path:
+    """``artifacts/`` if both versions are there, else a fresh training in ``scratch``."""
+    root = ROOT / "artifacts"
+    if all((root / v / "metadata.json").exists() for v in VERSIONS):
+        return root
+    from model_service.training import train_all
+
+    target = scratch / "artifacts"
+    train_all(target, list(VERSIONS))
+    return target
+
+
+def _serve(version: str, artifacts: Path) -> Proc:
+    port = free_port()
+    return Proc(
+        [
+            sys.executable,
+            "-m",
+            "model_service",
+            "serve",
+            "--version",
+            version,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--artifacts",
+            str(artifacts),
+        ],
+        {},
+        f"http://127.0.0.1:{port}",
+    )
+
+
+def _timed(call: Callable[[], Any], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def _http_caller(
+    url: str, method: str, path: str, body: bytes | None = None
+) -> tuple[http.client.HTTPConnection, Callable[[], None]]:
+    """One keep-alive connection and a call that sends the pre-encoded request on it."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port))
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+
+    def call() -> None:
+        conn.request(method, path, body, headers)
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{method} {url}{path} answered {resp.status}")
+
+    return conn, call
+
+
+def _side_by_side(
+    calls: dict[str, Callable[[], Any]], n: int, rounds: int
+) -> dict[str, tuple[float, float]]:
+    """(p50, p99) of each call, ``n`` each, interleaved in rounds; medians over the rounds."""
+    for call in calls.values():
+        _timed(call, max(20, n // 10))
+    per_round: dict[str, list[tuple[float, float]]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            times = _timed(call, n // rounds)
+            per_round[name].append(
+                (float(np.quantile(times, 0.5)), float(np.quantile(times, 0.99)))
+            )
+    return {
+        name: (statistics.median(p50 for p50, _ in got), statistics.median(p99 for _, p99 in got))
+        for name, got in per_round.items()
+    }
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f} ms"
+
+
+def _row(measure: str, value: str, target: str = "", verdict: str = "") -> dict[str, Any]:
+    return {"measure": measure, "value": value, "target": target, "verdict": verdict}
+
+
+def _latency_rows(
+    version: str, url: str, model: Any, data: np.ndarray, quick: bool
+) -> list[dict[str, Any]]:
+    from model_service.app import predict_matrix
+
+    rounds = 3 if quick else 5
+    one = data[:1]
+    predict_conn, predict = _http_caller(
+        url, "POST", "/predict", orjson.dumps({"instances": one.tolist()})
+    )
+    health_conn, health = _http_caller(url, "GET", "/health")
+    try:
+        single = _side_by_side(
+            {"http": predict, "local": lambda: predict_matrix(model, one), "health": health},
+            600 if quick else 2000,
+            rounds,
+        )
+    finally:
+        predict_conn.close()
+        health_conn.close()
+    added = single["http"][0] - single["local"][0]
+
+    block = data[np.arange(1000) % len(data)]
+    conn, call = _http_caller(url, "POST", "/predict", orjson.dumps({"instances": block.tolist()}))
+    try:
+        batch = _side_by_side(
+            {"http": call, "local": lambda: predict_matrix(model, block)},
+            50 if quick else 100,
+            rounds,
+        )
+    finally:
+        conn.close()
+    per_row = (batch["http"][0] - batch["local"][0]) / 1000
+    return [
+        _row(
+            f"{version} one row, HTTP c=1 keep-alive: p50 / p99",
+            f"{_ms(single['http'][0])} / {_ms(single['http'][1])}",
+        ),
+        _row(
+            f"{version} one row, in-process predict_matrix: p50 / p99",
+            f"{_ms(single['local'][0])} / {_ms(single['local'][1])}",
+        ),
+        _row(
+            f"{version} HTTP floor: GET /health on the same kind of connection, p50",
+            _ms(single["health"][0]),
+        ),
+        _row(
+            f"{version} one row: HTTP p50 minus in-process p50",
+            _ms(added),
+            "<= 0.5 ms",
+            _verdict(added <= 0.0005),
+        ),
+        _row(
+            f"{version} one row: of which above the HTTP floor (predict-specific work)",
+            _ms(added - single["health"][0]),
+        ),
+        _row(
+            f"{version} 1000 rows: HTTP p50 / in-process p50",
+            f"{_ms(batch['http'][0])} / {_ms(batch['local'][0])}",
+        ),
+        _row(
+            f"{version} 1000 rows: service overhead per row",
+            f"{per_row * 1e6:.2f} us/row",
+            "<= 5 us/row",
+            _verdict(per_row <= 5e-6),
+        ),
+    ]
+
+
+def _write_csv(path: Path, data: np.ndarray, features: list[str], n: int) -> None:
+    matrix = data[np.arange(n) % len(data)]
+    with open(path, "w") as fh:
+        fh.write(",".join(["id", *features]) + "\n")
+        ids = np.arange(n).reshape(-1, 1)
+        np.savetxt(
+            fh, np.hstack([ids, matrix]), delimiter=",", fmt=["%d"] + ["%.6g"] * matrix.shape[1]
+        )
+
+
+def _pandas_scorer(model: Any, source: Path, target: Path) -> None:
+    """The whole file in memory: read with pandas, predict, write (the streaming scorer's rival)."""
+    import pandas as pd
+
+    from model_service.app import predict_matrix
+
+    frame = pd.read_csv(source)
+    predictions, proba = predict_matrix(
+        model, frame[list(model.feature_names)].to_numpy(np.float64)
+    )
+    out = pd.DataFrame({"id": frame["id"], "prediction": predictions})
+    for i, label in enumerate(model.class_labels):
+        out[f"probability_{label}"] = proba[:, i]
+    out.to_csv(target, index=False, float_format="%.6f")
+
+
+def _batch_rows(
+    version: str, artifacts: Path, model: Any, data: np.ndarray, scratch: Path, quick: bool
+) -> list[dict[str, Any]]:
+    from model_service.app import predict_matrix
+    from model_service.batch import score_csv
+
+    rounds = 3 if quick else 5
+    n = BATCH_ROWS // 4 if quick else BATCH_ROWS
+    source = scratch / f"batch-{n}.csv"
+    if not source.exists():
+        _write_csv(source, data, list(model.feature_names), n)
+    matrix = data[np.arange(n) % len(data)]
+    seconds: dict[str, list[float]] = {"batch": [], "memory": [], "pandas": []}
+    for _ in range(rounds):
+        started = time.perf_counter()
+        report = score_csv(artifacts, version, source, scratch / "out.csv", progress=False)
+        seconds["batch"].append(time.perf_counter() - started)
+        assert report.rows_ok == n and report.rows_bad == 0
+        started = time.perf_counter()
+        predict_matrix(model, matrix)
+        seconds["memory"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        _pandas_scorer(model, source, scratch / "pandas.csv")
+        seconds["pandas"].append(time.perf_counter() - started)
+    rate = {k: n / statistics.median(v) for k, v in seconds.items()}
+    vs_pandas = rate["batch"] / rate["pandas"]
+    vs_memory = rate["batch"] / rate["memory"]
+    return [
+        _row(f"{version} batch score_csv, {n:,}-row CSV", f"{rate['batch']:,.0f} rows/s"),
+        _row(
+            f"{version} (b) in-memory CSV scorer: pandas reads it all, predict, write",
+            f"{rate['pandas']:,.0f} rows/s",
+        ),
+        _row(
+            f"{version} batch / (b): the target's baseline",
+            f"{vs_pandas:.0%}",
+            ">= 80%",
+            _verdict(vs_pandas >= 0.8),
+        ),
+        _row(
+            f"{version} (a) predict_proba on the rows already in memory, no CSV",
+            f"{rate['memory']:,.0f} rows/s",
+        ),
+        _row(
+            f"{version} batch / (a): ceiling, CSV parsing and writing excluded",
+            f"{vs_memory:.0%}",
+            ">= 80%",
+            _verdict(vs_memory >= 0.8),
+        ),
+    ]
+
+
+def _peak_memory(artifacts: Path, version: str, source: Path, scratch: Path) -> int:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _PEAK_MEMORY,
+            str(artifacts),
+            version,
+            str(source),
+            str(scratch / "peak.csv"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(out.split()[-1])
+
+
+def _memory_rows(
+    version: str, artifacts: Path, model: Any, data: np.ndarray, scratch: Path, quick: bool
+) -> list[dict[str, Any]]:
+    sources = {}
+    for n in MEMORY_ROWS:
+        sources[n] = scratch / f"memory-{n}.csv"
+        _write_csv(sources[n], data, list(model.feature_names), n)
+    peaks: dict[int, list[int]] = {n: [] for n in MEMORY_ROWS}
+    for _ in range(1 if quick else 2):
+        for n in MEMORY_ROWS:
+            peaks[n].append(_peak_memory(artifacts, version, sources[n], scratch))
+    small, large = (statistics.median(peaks[n]) for n in MEMORY_ROWS)
+    ratio = large / small
+    return [
+        _row(
+            f"{version} batch peak memory (fresh process), {MEMORY_ROWS[0]:,} / "
+            f"{MEMORY_ROWS[1]:,} rows",
+            f"{small / 2**20:.0f} / {large / 2**20:.0f} MiB",
+        ),
+        _row(
+            f"{version} batch peak memory ratio, 10x the rows",
+            f"{ratio:.2f}",
+            "<= 1.2",
+            _verdict(ratio <= 1.2),
+        ),
+    ]
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Measure everything; one dict per table row (measure, value, target, verdict)."""
+    from sklearn.datasets import load_breast_cancer
+
+    from model_service.artifacts import load_artifact
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-model-service-"))
+    procs: list[Proc] = []
+    rows: list[dict[str, Any]] = []
+    try:
+        artifacts = _artifacts(scratch)
+        data = np.asarray(load_breast_cancer().data)
+        for version in VERSIONS:
+            model = load_artifact(artifacts, version)
+            server = _serve(version, artifacts)
+            procs.append(server)
+            rows += _latency_rows(version, server.url, model, data, quick)
+            stop_together([server])
+            procs.remove(server)
+        for version in VERSIONS:
+            model = load_artifact(artifacts, version)
+            rows += _batch_rows(version, artifacts, model, data, scratch, quick)
+        rows += _memory_rows("v1", artifacts, load_artifact(artifacts, "v1"), data, scratch, quick)
+    finally:
+        stop_together(procs)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests and rows")
+    args = parser.parse_args()
+    print(table(run(quick=args.quick)))
+
+
+if __name__ == "__main__":
+    main()

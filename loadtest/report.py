@@ -1,0 +1,252 @@
+"""The comparison report: markdown tables per scenario and PNG timelines, from a run folder's CSVs.
+
+    python -m loadtest.report comparison                             # re-render comparison/report.md
+    python -m loadtest.report comparison --publish docs/comparison   # report, plots, small raw files
+
+``loadtest.compare`` calls :func:`render` at the end of a run; this command renders again from
+the same files (``comparison.json``, and per run ``timeline.json``, ``requests.csv`` and
+Locust's CSVs), for instance into a documentation folder. Publishing copies the raw files too
+when they fit under ``--raw-limit-mb`` (default 1); what is left out is said in the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from loadtest.compare_measures import (
+    LOCUST_PREFIX,
+    PHASES,
+    REQUEST_LOG,
+    TIMELINE,
+    Measures,
+    Timeline,
+    measure,
+    read_requests,
+    series,
+)
+from loadtest.compare_release import RELEASES, SCENARIOS, THRESHOLDS
+
+MANIFEST = "comparison.json"
+RAW_KINDS = (  # published in this order while they fit
+    ("Locust's final statistics", f"{LOCUST_PREFIX}_stats.csv"),
+    ("Locust's failures", f"{LOCUST_PREFIX}_failures.csv"),
+    ("Locust's exceptions", f"{LOCUST_PREFIX}_exceptions.csv"),
+    ("timelines (release, decisions, routing state changes)", TIMELINE),
+    ("Locust's per-second history (--csv-full-history)", f"{LOCUST_PREFIX}_stats_history.csv"),
+    ("request logs (one row per request)", REQUEST_LOG),
+)
+COLUMNS = ("strategy", "outcome", "requests", "failed", "failed before / during / after",
+           "exposure before the decision", "users exposed", "to 100 % v2", "to rollback",
+           "latency before (ms p50 / p95 / p99)", "during", "after")
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f} s"
+
+
+def _latency(value: tuple[float, float, float] | None) -> str:
+    return "—" if value is None else " / ".join(f"{v:.1f}" for v in value)
+
+
+def table_row(title: str, timeline: Timeline, m: Measures) -> list[str]:
+    """The cells of one strategy's row, in COLUMNS order."""
+    share = f"{100 * m.failed / m.requests:.2f} %" if m.requests else "—"
+    exposure_share = (f" ({100 * m.exposure / m.sent_before_decision:.1f} %)"
+                      if m.sent_before_decision else "")
+    return [
+        title, timeline.outcome, str(m.requests), f"{m.failed} ({share})",
+        " / ".join(str(m.failed_by_phase[p]) for p in PHASES),
+        f"{m.exposure} of {m.sent_before_decision}{exposure_share}",
+        f"{m.users_exposed} of {m.users}",
+        _seconds(m.time_to_full_release), _seconds(m.time_to_rollback),
+        *(_latency(m.latency_ms[p]) for p in PHASES),
+    ]
+
+
+def _markdown_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(" --- " for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot_run(path: Path, title: str, timeline: Timeline, requests: list[Any]) -> None:
+    """Latency, error rate and traffic per version over time, release and decisions marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = series(requests, timeline)
+    fig, (lat, err, rps) = plt.subplots(3, 1, figsize=(9, 7), sharex=True,
+                                        gridspec_kw={"height_ratios": [3, 2, 2]})
+    for values, label, style in ((s.p50, "p50", "-"), (s.p95, "p95", "--"), (s.p99, "p99", ":")):
+        lat.plot(s.seconds, [float("nan") if v is None else v for v in values], style, label=label,
+                 drawstyle="steps-post")
+    lat.set_yscale("log")
+    lat.set_ylabel("latency (ms)")
+    err.step(s.seconds, [float("nan") if v is None else v for v in s.error_rate], where="post",
+             color="tab:red")
+    err.set_ylabel("failed (%)")
+    worst = max((v for v in s.error_rate if v is not None), default=0.0)
+    err.set_ylim(0, max(5.0, worst * 1.1))
+    bottom = [0] * len(s.seconds)
+    colours = {timeline.stable: "tab:blue", timeline.candidate: "tab:orange", "failed": "tab:red"}
+    for kind, counts in s.answers.items():
+        rps.bar(s.seconds, counts, width=1.0, align="edge", bottom=bottom, color=colours.get(kind, "tab:gray"),
+                label=f"answered by {kind}" if kind != "failed" else "failed")
+        bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+    rps.set_ylabel("requests/s")
+    rps.set_xlabel("seconds since the release")
+    marks = [(0.0, "release", "tab:red", "--")]
+    for moment, label, colour in ((timeline.full_release, "v2 takes all traffic", "tab:orange"),
+                                  (timeline.rollback, "rolled back", "tab:purple"),
+                                  (timeline.decided, "decision", "tab:green")):
+        if moment is not None:
+            marks.append((moment - timeline.release, label, colour, ":"))
+    for ax in (lat, err, rps):
+        for x, label, colour, style in marks:
+            ax.axvline(x, color=colour, linestyle=style, linewidth=1.2,
+                       label=label if ax is lat else None)
+        ax.grid(alpha=0.3)
+    lat.legend(loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=8, ncol=7, frameon=False)
+    rps.legend(loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=8, ncol=3, frameon=False)
+    fig.suptitle(f"{title}: {timeline.outcome}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _publish_raw(out: Path, target: Path, runs: list[dict[str, Any]], limit: int) -> list[str]:
+    """Copy the raw files that fit under ``limit`` bytes; returns the report's lines about them."""
+    folders = [out / "csv" / r["scenario"] / r["strategy"] for r in runs if not r.get("skipped")]
+    used, lines = 0, []
+    for label, name in RAW_KINDS:
+        files = [f / name for f in folders if (f / name).exists()]
+        size = sum(f.stat().st_size for f in files)
+        if target != out and used + size <= limit:
+            for f in files:
+                dest = target / f.relative_to(out)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, dest)
+            used += size
+            lines.append(f"- {label}: `csv/<scenario>/<strategy>/{name}` ({size / 1e6:.2f} MB)")
+        elif target == out:
+            lines.append(f"- {label}: `csv/<scenario>/<strategy>/{name}` ({size / 1e6:.2f} MB)")
+        else:
+            lines.append(f"- {label} (`{name}`, {size / 1e6:.2f} MB in all): left out of this folder "
+                         f"to keep it under {limit / 1e6:g} MB; the command above writes them again")
+    return lines
+
+
+def render(out: Path, publish: Path | None = None, raw_limit_mb: float = 1.0) -> Path:
+    """Write ``report.md`` and ``plots/`` into ``publish`` (default: ``out``) from ``out``'s files."""
+    manifest = json.loads((out / MANIFEST).read_text())
+    target = publish or out
+    target.mkdir(parents=True, exist_ok=True)
+    runs = manifest["runs"]
+    used = [RELEASES[name] for name in manifest["strategies"]]
+    lines = [
+        "# Deployment strategies under load: what users experience during a release", "",
+        f"`{manifest['command']}`", "",
+        (f"Each run starts fresh v1, v2 (model services, one gunicorn worker each) and router "
+        f"processes on one host. Locust runs {manifest['users']} simulated users "
+        "(`loadtest/locustfile.py`: a stable `X-User-ID` each, 0.05-0.2 s between requests, 70 % "
+        "single rows and 30 % batches of 2-20 rows from the breast cancer data) against the "
+        f"router for {manifest['seconds_per_phase']:g} s; then v2 is released, the run waits for "
+        f"the final decision, and the load goes on for another {manifest['seconds_per_phase']:g} s."),
+        "",
+        "## How v2 is released", "",
+        "| strategy | how |", "| --- | --- |",
+        *(f"| {r.title} | {r.how} |" for r in used), "",
+        (f"Rollout plans (`POST /admin/rollout`) use `interval_s` {manifest['interval_s']:g}, "
+        f"`min_requests` {manifest['min_requests']}, `max_failed_analyses` 1 and the thresholds "
+        f"`{json.dumps(THRESHOLDS)}`. All but `max_p99_ratio` are the router's defaults; that one "
+        "is raised from 1.5 to 4 because v2 (gradient-boosted trees) is slower than v1 (logistic "
+        "regression) even when healthy, and a shared host adds noise to every tail; the latency "
+        "fault is far beyond it. The intervals are short so that a run takes about a minute; in "
+        "production they would be minutes."), "",
+        "## Measures", "",
+        ("- **before / during / after**: requests by start time: before the release; from the "
+        "release to the final decision (promotion or rollback; for a restart, until the new process "
+        "is ready); from then to the end of the run."),
+        ("- **failed**: status not 200, or a body that is not a valid prediction (wrong number of "
+        "predictions, probabilities not summing to 1, no `model_version`)."),
+        ("- **exposure before the decision**: requests the candidate answered between the release "
+        "and the final decision (to the end of the run when nothing decides), of all requests "
+        "sent in that window (a valid answer names its model in `model_version`; a failed one "
+        "counts when the candidate's service gave it); **users exposed**: distinct `X-User-ID`s "
+        "among them."),
+        ("- **to 100 % v2**: from the release until v2 answers all traffic (switch, reload, "
+        "promotion, or the restarted process being ready); **to rollback**: until traffic is back "
+        "on v1."),
+        "- **latency**: client-side response time (nearest-rank percentiles over the phase).",
+        "",
+        ("Every number is computed from the request log that the locustfile writes through "
+        "Locust's request event; each run's totals per version were checked against Locust's own "
+        f"`{LOCUST_PREFIX}_stats.csv`."),
+    ]
+    for scenario_name in manifest["scenarios"]:
+        scenario = SCENARIOS[scenario_name]
+        rows, notes, plots = [], [], []
+        for run in (r for r in runs if r["scenario"] == scenario_name):
+            release = RELEASES[run["strategy"]]
+            folder = out / "csv" / scenario_name / release.name
+            if run.get("skipped"):
+                notes.append(f"- {release.title}: {run['skipped']}.")
+                continue
+            if run.get("broken") and not (folder / TIMELINE).exists():
+                rows.append([release.title, f"run broke: {run['broken']}"] + ["—"] * (len(COLUMNS) - 2))
+                continue
+            timeline = Timeline.load(folder)
+            requests = read_requests(folder)
+            m = measure(requests, timeline)
+            rows.append(table_row(release.title, timeline, m))
+            if run.get("broken"):
+                notes.append(f"- {release.title}: run broke: {run['broken']}.")
+            notes += [f"- {release.title}: {note}." for note in timeline.notes]
+            if timeline.max_weight is not None:
+                notes.append(f"- {release.title}: highest canary weight reached "
+                             f"{timeline.max_weight} %.")
+            if release.restart:
+                notes.append(f"- {release.title}: the restarted service keeps its label "
+                             f"`{timeline.stable}` in `X-Model-Version` while serving "
+                             f"{timeline.candidate}; nothing decides, so its exposure runs to the "
+                             "end of the run.")
+            plot = Path("plots") / f"{scenario_name}-{release.name}.png"
+            plot_run(target / plot, f"{scenario_name} / {release.title}", timeline, requests)
+            plots.append(f"![{scenario_name} / {release.title}]({plot.as_posix()})")
+        lines += ["", f"## Scenario {scenario.name}: {scenario.description}", "", _markdown_table(rows)]
+        if notes:
+            lines += ["", *notes]
+        if plots:
+            lines += ["", ("Per second: latency (p50, p95, p99), share of failed requests, and "
+                      "answers by the model version that gave them (the body's `model_version`) "
+                      "with failures on top; the release is the red dashed line at 0:"), ""]
+            lines += [f"{p}\n" for p in plots]
+    lines += ["", "## Raw data", "",
+              *_publish_raw(out, target, runs, int(raw_limit_mb * 1_000_000)), ""]
+    report = target / "report.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.report", description=__doc__.split("\n")[0])
+    parser.add_argument("out", type=Path, help="folder written by python -m loadtest.compare")
+    parser.add_argument("--publish", type=Path, help="write the report, plots and raw files here")
+    parser.add_argument("--raw-limit-mb", type=float, default=1.0,
+                        help="publish raw files only while their total stays under this (default 1)")
+    args = parser.parse_args(argv)
+    if not (args.out / MANIFEST).exists():
+        parser.error(f"{args.out} holds no {MANIFEST}; run python -m loadtest.compare first")
+    print(render(args.out, args.publish, args.raw_limit_mb).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

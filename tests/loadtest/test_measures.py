@@ -1,0 +1,81 @@
+"""Pure parts of the comparison: phases, percentiles and what counts as exposure."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtest.compare_measures import Request, Timeline, exposed, measure, percentile, phase_of
+
+
+def _timeline(**fields: object) -> Timeline:
+    base = {"scenario": "good", "strategy": "canary", "stable": "v1", "candidate": "v2",
+            "in_place": False, "started": 0.0, "release": 10.0, "ended": 40.0}
+    return Timeline(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def _req(start: float, version: str = "v1", model: str | None = None, failed: bool = False,
+         status: int | None = None, ms: float = 5.0) -> Request:
+    return Request(start, "user-1", version, "" if failed else (model or version),
+                   status or (500 if failed else 200), ms, failed)
+
+
+@pytest.mark.parametrize("values, q, expected", [
+    ([5.0], 0.99, 5.0),
+    ([1.0, 2.0, 3.0, 4.0], 0.5, 2.0),
+    ([1.0, 2.0, 3.0, 4.0], 0.75, 3.0),
+    ([float(i) for i in range(1, 101)], 0.95, 95.0),
+    ([float(i) for i in range(1, 101)], 0.99, 99.0),
+])
+def test_percentile_is_nearest_rank(values: list[float], q: float, expected: float) -> None:
+    assert percentile(values, q) == expected
+
+
+@pytest.mark.parametrize("fields, start, phase", [
+    ({"decided": 20.0}, 9.99, "before"),
+    ({"decided": 20.0}, 10.0, "during"),
+    ({"decided": 20.0}, 20.0, "after"),
+    ({"full_release": 15.0}, 16.0, "after"),  # a restart: settled once the new process is ready
+    ({}, 39.0, "during"),  # nothing decided: the release lasts to the end
+])
+def test_phase_of(fields: dict[str, float], start: float, phase: str) -> None:
+    assert phase_of(start, _timeline(**fields)) == phase
+
+
+@pytest.mark.parametrize("fields, one, answer", [
+    # routing strategies: valid answers by model, failures by the service that gave them
+    ({"decided": 20.0}, _req(12.0, "v2"), True),
+    ({"decided": 20.0}, _req(12.0, "v2", failed=True), True),
+    ({"decided": 20.0}, _req(12.0, "v1"), False),
+    ({"decided": 20.0}, _req(9.0, "v2"), False),  # before the release
+    ({"decided": 20.0}, _req(21.0, "v2"), False),  # after the decision
+    # in place: stable's label, the candidate's model
+    ({"in_place": True, "exposure_from": 12.0}, _req(13.0, "v1", model="v2"), True),
+    ({"in_place": True, "exposure_from": 12.0}, _req(13.0, "v1", failed=True), True),
+    ({"in_place": True, "exposure_from": 12.0}, _req(13.0, "v1", failed=True, status=502), False),
+    ({"in_place": True, "exposure_from": 12.0}, _req(11.0, "v1", failed=True), False),
+    ({"in_place": True, "exposure_from": 12.0, "rollback": 15.0, "decided": 15.0},
+     _req(16.0, "v1", model="v2"), False),
+])
+def test_exposed(fields: dict[str, object], one: Request, answer: bool) -> None:
+    assert exposed(one, _timeline(**fields)) is answer
+
+
+def test_measure_counts_phases_exposure_and_times() -> None:
+    timeline = _timeline(decided=20.0, rollback=20.0, max_weight=10)
+    requests = [_req(5.0, ms=1.0), _req(11.0, "v2", failed=True, ms=2.0), _req(12.0, ms=3.0),
+                _req(25.0, ms=4.0)]
+    m = measure(requests, timeline)
+    assert (m.requests, m.failed) == (4, 1)
+    assert m.failed_by_phase == {"before": 0, "during": 1, "after": 0}
+    assert m.latency_ms["during"] == (2.0, 3.0, 3.0)
+    assert (m.exposure, m.sent_before_decision, m.users_exposed) == (1, 2, 1)
+    assert m.by_version == {"v1": (3, 0), "v2": (1, 1)}
+    assert (m.time_to_rollback, m.time_to_full_release) == (10.0, None)
+
+
+@pytest.mark.parametrize("argv", [["--strategies", "nope"], ["--scenarios", "good,worse"],
+                                  ["--seconds-per-phase", "0"], ["--users", "0"]])
+def test_compare_refuses_bad_arguments_with_exit_code_2(argv: list[str], tmp_path: object) -> None:
+    from loadtest.compare import main
+
+    assert main([*argv, "--out", str(tmp_path)]) == 2

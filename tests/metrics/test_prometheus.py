@@ -1,0 +1,147 @@
+"""A real Prometheus server scraping the router and both model services.
+
+Needs the ``prometheus`` binary (Debian's ``prometheus`` package; ``PROMETHEUS_BIN`` names another):
+without it the test skips, unless CI is "true", where it fails.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from metrics.sources import PrometheusSource
+from tests.router.rollout.live import Admin, Traffic, metric, scrape
+from tests.servers import ServerProcess, free_port, router, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+class Prometheus:
+    """``prometheus`` on a free loopback port, scraping ``targets`` every second."""
+
+    def __init__(self, binary: str, workdir: Path, targets: dict[str, list[str]]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        jobs = "".join(
+            f"  - job_name: {job}\n    static_configs:\n      - targets: [{', '.join(repr(t) for t in hosts)}]\n"
+            for job, hosts in targets.items()
+        )
+        config = workdir / "prometheus.yml"
+        config.write_text(f"global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{jobs}")
+        self._log = open(workdir / "prometheus.log", "wb")
+        self.proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        self.workdir = workdir
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError((self.workdir / "prometheus.log").read_text()[-3000:])
+            try:
+                return requests.get(self.url + "/-/ready", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(ready, 30)
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        body = requests.get(self.url + "/api/v1/query", params={"query": promql}, timeout=5).json()
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
+
+    def by_version(self, promql: str) -> dict[str, float]:
+        return {s["metric"]["version"]: float(s["value"][1]) for s in self.query(promql)}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def prometheus_binary() -> str:
+    binary = os.environ.get("PROMETHEUS_BIN") or shutil.which("prometheus")
+    if not binary:
+        reason = "the prometheus binary is not installed (Debian: apt-get install prometheus)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI=true, so the Prometheus integration test must run")
+        pytest.skip(reason)
+    return binary
+
+
+@pytest.fixture(scope="module")
+def scraped_stack(prometheus_binary: str, v1_service: ServerProcess, v2_service: ServerProcess,
+                  log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Prometheus]]:
+    workdir = tmp_path_factory.mktemp("prometheus")
+    server = router({"v1": v1_service.url, "v2": v2_service.url}, log_dir, f"sqlite:///{workdir / 'state.db'}")
+    host = lambda s: s.url.removeprefix("http://")  # noqa: E731
+    prometheus = Prometheus(prometheus_binary, workdir,
+                            {"router": [host(server)], "model": [host(v1_service), host(v2_service)]})
+    try:
+        server.wait_ready()
+        prometheus.wait_ready()
+        yield server, prometheus
+    finally:
+        prometheus.stop()
+        server.stop()
+
+
+def test_prometheus_reads_per_version_rate_latency_and_counts(
+    scraped_stack: tuple[ServerProcess, Prometheus], v1_service: ServerProcess, v2_service: ServerProcess
+) -> None:
+    server, prometheus = scraped_stack
+    wait_until(lambda: [t["health"] for t in requests.get(prometheus.url + "/api/v1/targets", timeout=5)
+                        .json()["data"]["activeTargets"]] == ["up"] * 3, 30, interval=0.2)
+    Admin(server.url).call("PATCH", "/admin/state", json={"strategy": "canary", "canary_weight": 50})
+
+    rate = "sum by (version) (rate(router_requests_total[15s]))"
+    p99 = "histogram_quantile(0.99, sum by (le, version) (rate(router_request_duration_seconds_bucket[15s])))"
+    with Traffic(server.url, threads=3) as traffic:
+        started = time.time()
+        rates = wait_until(lambda: (r := prometheus.by_version(rate)) and set(r) == {"v1", "v2"}
+                           and all(v > 0 for v in r.values()) and r, 30, interval=0.5)
+        quantiles = wait_until(lambda: (q := prometheus.by_version(p99)) and set(q) == {"v1", "v2"}
+                               and not any(math.isnan(v) for v in q.values()) and q, 30, interval=0.5)
+    elapsed = time.time() - started
+    sent = {v: sum(1 for s in traffic.sent if s.version == v and s.status == 200) for v in ("v1", "v2")}
+    assert sum(1 for s in traffic.sent if s.status != 200) == 0
+
+    for version in ("v1", "v2"):
+        # a per-second rate no higher than everything sent at once, and no lower than a trickle
+        assert 0 < rates[version] <= sent[version] / min(elapsed, 1.0)
+        assert 0.001 <= quantiles[version] <= 10.0  # inside the histogram's resolved range
+    assert 0.5 <= rates["v1"] / rates["v2"] <= 2.0  # a 50 % canary: comparable rates
+
+    # totals: Prometheus catches up with what was sent within a few scrapes
+    def caught_up() -> dict[str, Any] | None:
+        reading = PrometheusSource(prometheus.url).read()
+        counts = {v: reading[v].requests for v in ("v1", "v2") if v in reading}
+        return reading if counts == sent else None
+
+    reading = wait_until(caught_up, 15, interval=0.5)
+    for version in ("v1", "v2"):
+        assert reading[version].errors == 0
+        assert reading[version].latency_buckets[float("inf")] == sent[version]
+
+    # the model services' own metrics arrive too, equal to what they expose themselves
+    for service, version in ((v1_service, "v1"), (v2_service, "v2")):
+        exposed = metric(scrape(service.url), "model_requests_total", version=version)
+        wait_until(lambda: prometheus.by_version("sum by (version) (model_requests_total)").get(version)
+                   == exposed, 15, interval=0.5)
