@@ -80,7 +80,12 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
             pass
 
     class ClosingWhenStopped(handler):  # type: ignore[misc, valid-type]
+        served = False  # a connection is idle only between requests, never before its first
+
         def read_requestline(self):  # type: ignore[no-untyped-def]
+            if not self.served:  # accepted, so its request is coming: serve it (as gunicorn does)
+                self.served = True
+                return super().read_requestline()
             waiting.add(self)
             try:
                 if not worker.alive:

@@ -7,15 +7,17 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from tests.router.helpers import PREDICT_BODY, Client, admin
+from tests.router.helpers import PREDICT_BODY, Answer, Client, admin
 from tests.servers import ServerProcess
 
 
@@ -100,6 +102,33 @@ class Load:
                     self._stop.wait(0.05)
         finally:
             client.close()
+
+
+def post_raw(url: str, body: bytes, headers: Sequence[tuple[str, str]], chunked: bool = False,
+             path: str = "/predict") -> Answer:
+    """POST with exactly these headers, the body framed by Content-Length or chunked (64 KiB)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+    try:
+        conn.putrequest("POST", path, skip_accept_encoding=True)
+        for name, value in headers:
+            conn.putheader(name, value)
+        if chunked:
+            conn.putheader("Transfer-Encoding", "chunked")
+            conn.endheaders()
+            for i in range(0, len(body), 65536):
+                piece = body[i:i + 65536]
+                conn.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            conn.send(b"0\r\n\r\n")
+        else:
+            conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+        resp = conn.getresponse()
+        return Answer(resp.status, {n.lower(): v for n, v in resp.getheaders()}, resp.read())
+    except (OSError, http.client.HTTPException) as exc:
+        return Answer(0, error=repr(exc))
+    finally:
+        conn.close()
 
 
 def children(pid: int) -> list[int]:

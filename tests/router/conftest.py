@@ -102,10 +102,57 @@ def fake_upstream() -> Iterator[Callable[..., FakeUpstream]]:
         yield lambda label, **kwargs: stack.enter_context(FakeUpstream(label, **kwargs))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def models(v1_service: ServerProcess, v2_service: ServerProcess) -> dict[str, str]:
     """The real model services, as ROUTER_UPSTREAMS."""
     return {"v1": v1_service.url, "v2": v2_service.url}
+
+
+def _state_url(tmp_path_factory: pytest.TempPathFactory, name: str) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp(name) / 'state.db'}"
+
+
+# Routers shared by several test modules. A test using one either only compares before with
+# after, or first sets the whole routing state it needs (helpers.put_state).
+
+
+@pytest.fixture(scope="package")
+def shared_router(models: dict[str, str], log_dir: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Two workers in front of the real v1 and v2, starting as a canary at weight 0."""
+    with running_router(models, log_dir, _state_url(tmp_path_factory, "shared"),
+                        ROUTER_STRATEGY="canary") as server:
+        yield server
+
+
+@pytest.fixture(scope="package")
+def one_worker_router(models: dict[str, str], log_dir: Path,
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One worker, so that a change routes from the very next request.
+
+    Besides the real v1 and v2 it knows versions that misbehave: ``slow`` answers after 60 s
+    (ROUTER_TIMEOUT_S is 2), ``failing`` answers 500, ``down`` refuses connections and
+    ``dropping`` closes them without an answer.
+    """
+    with ExitStack() as stack:
+        slow = stack.enter_context(FakeUpstream("slow", delay_s=60))
+        failing = stack.enter_context(FakeUpstream("failing", status=500))
+        dropping = stack.enter_context(FakeUpstream("dropping", drop_connection=True))
+        upstreams = {**models, "slow": slow.url, "failing": failing.url,
+                     "down": f"http://127.0.0.1:{free_port()}", "dropping": dropping.url}
+        yield stack.enter_context(running_router(
+            upstreams, log_dir, _state_url(tmp_path_factory, "one-worker"),
+            WEB_CONCURRENCY="1", ROUTER_TIMEOUT_S="2",
+        ))
+
+
+@pytest.fixture(scope="package")
+def locked_down_router(models: dict[str, str], log_dir: Path,
+                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """No admin token configured and X-Route-To disabled."""
+    with running_router(models, log_dir, _state_url(tmp_path_factory, "locked-down"), token=None,
+                        ROUTER_ALLOW_ROUTE_TO="false", WEB_CONCURRENCY="1") as server:
+        yield server
 
 
 # -- Redis -------------------------------------------------------------------------------------

@@ -9,9 +9,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -199,6 +201,13 @@ def change(url: str, **fields: Any) -> dict[str, Any]:
     return resp.json()  # type: ignore[no-any-return]
 
 
+def put_state(url: str, strategy: str, **fields: Any) -> dict[str, Any]:
+    """Set the whole routing state: ``strategy``, v1 stable, v2 candidate, nothing to the
+    candidate, unless ``fields`` say otherwise."""
+    return change(url, **{"strategy": strategy, "stable": "v1", "candidate": "v2",
+                          "canary_weight": 0, "shadow_percent": 0, **fields})
+
+
 def transition(url: str, action: str, **body: Any) -> dict[str, Any]:
     """POST /admin/promote or /admin/rollback, expecting it to be accepted."""
     resp = admin("POST", url, f"/admin/{action}", json=body or None)
@@ -316,7 +325,7 @@ class FakeUpstream:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def kill_tree(pid: int) -> None:
+def kill_tree(pid: int) -> list[int]:
     """SIGKILL a gunicorn master and its workers at once, as a crashed host would lose them."""
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -331,6 +340,14 @@ def kill_tree(pid: int) -> None:
             os.kill(victim, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    return [pid, *children]
+
+
+def remove_runtime_dirs(pids: Iterable[int]) -> None:
+    """Delete the runtime folders of killed servers, which never got to remove them themselves."""
+    for pid in pids:
+        for metrics_file in Path(tempfile.gettempdir()).glob(f"model-router-*/prometheus/*_{pid}.db"):
+            shutil.rmtree(metrics_file.parent.parent, ignore_errors=True)
 
 
 def refuses_connections(url: str) -> bool:

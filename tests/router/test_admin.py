@@ -14,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from strategies import names
-from tests.router.conftest import in_process_router, running_router
+from tests.router.conftest import in_process_router
 from tests.router.helpers import (
     ADMIN_TOKEN,
     AUTH,
@@ -23,6 +23,7 @@ from tests.router.helpers import (
     error_of,
     events,
     predict,
+    put_state,
     state,
 )
 from tests.servers import ServerProcess
@@ -38,12 +39,10 @@ CALL_IDS = [f"{method} {path}" for method, path, _ in CALLS]
 
 
 @pytest.fixture(scope="module")
-def admin_router(models: dict[str, str], log_dir: Path,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    state_url = f"sqlite:///{tmp_path_factory.mktemp('admin-router') / 'state.db'}"
-    with running_router(models, log_dir, state_url, ROUTER_STRATEGY="canary") as server:
-        change(server.url, canary_weight=10, reason="a state worth protecting")
-        yield server
+def admin_router(shared_router: ServerProcess) -> ServerProcess:
+    """The shared two-worker router, in a state worth protecting."""
+    change(shared_router.url, strategy="canary", canary_weight=10, reason="worth protecting")
+    return shared_router
 
 
 def snapshot(url: str) -> tuple[dict[str, Any], str, int]:
@@ -95,29 +94,21 @@ def test_token_in_the_query_string_is_refused(
     assert snapshot(admin_router.url) == before
 
 
-@pytest.fixture(scope="module")
-def tokenless_router(models: dict[str, str], log_dir: Path,
-                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    state_url = f"sqlite:///{tmp_path_factory.mktemp('tokenless') / 'state.db'}"
-    with running_router(models, log_dir, state_url, token=None) as server:
-        yield server
-
-
 @pytest.mark.parametrize("method,path,body", CALLS, ids=CALL_IDS)
 @pytest.mark.parametrize("credentials", [{}, AUTH], ids=["no token", "a token"])
 def test_admin_api_without_a_configured_token_is_503_and_changes_nothing(
-    tokenless_router: ServerProcess, method: str, path: str, body: Any,
+    locked_down_router: ServerProcess, method: str, path: str, body: Any,
     credentials: dict[str, str],
 ) -> None:
-    ready = requests.get(tokenless_router.url + "/ready", timeout=10).json()
-    resp = requests.request(method, tokenless_router.url + path, json=body, headers=credentials,
+    ready = requests.get(locked_down_router.url + "/ready", timeout=10).json()
+    resp = requests.request(method, locked_down_router.url + path, json=body, headers=credentials,
                             timeout=10)
     assert resp.status_code == 503
     error = error_of(resp)
     assert error["code"] == "admin_disabled"
     assert "ROUTER_ADMIN_TOKEN" in error["message"]
-    assert requests.get(tokenless_router.url + "/ready", timeout=10).json() == ready
-    assert predict(tokenless_router.url).version == "v1"
+    assert requests.get(locked_down_router.url + "/ready", timeout=10).json() == ready
+    assert predict(locked_down_router.url).version == "v1"
 
 
 # -- validation (in process: nothing here needs a server) --------------------------------------
@@ -299,7 +290,7 @@ def test_concurrent_patches_with_the_same_if_match_let_exactly_one_win(
 
 def test_every_accepted_change_is_in_the_audit_log(admin_router: ServerProcess) -> None:
     r = admin_router
-    change(r.url, strategy="release-in-place", stable="v1", candidate="v2", canary_weight=0)
+    put_state(r.url, "release-in-place")
     steps: list[tuple[str, Callable[[], requests.Response], str | None, dict[str, Any]]] = [
         ("alice", lambda: admin("PATCH", r.url, "/admin/state", headers={"X-Actor": "alice"},
                                 json={"strategy": "canary", "canary_weight": 10,

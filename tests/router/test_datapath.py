@@ -22,15 +22,16 @@ from tests.router.helpers import (
     Client,
     FakeUpstream,
     assert_answered_by,
-    change,
     error_of,
     kill_tree,
     metric,
     post_many,
     predict,
+    put_state,
     refuses_connections,
+    remove_runtime_dirs,
 )
-from tests.servers import ServerProcess, free_port, model_service, wait_until
+from tests.servers import ServerProcess, model_service, wait_until
 
 MAX_BODY = 1024 * 1024
 TIMEOUT_S = 3
@@ -97,11 +98,9 @@ def test_route_to_an_unknown_version_is_a_json_404(data_router: ServerProcess) -
     assert all(label in error["message"] for label in ("v1", "v2", "recorder"))
 
 
-def test_route_to_is_ignored_when_disabled(start_router: StartRouter,
-                                           models: dict[str, str]) -> None:
-    r = start_router(models, ROUTER_ALLOW_ROUTE_TO="false")
-    assert_answered_by(post_many(r.url, [{"X-Route-To": "v2"}] * 20), "v1")
-    assert_answered_by(post_many(r.url, [{"X-Route-To": "v9"}] * 5), "v1")
+def test_route_to_is_ignored_when_disabled(locked_down_router: ServerProcess) -> None:
+    assert_answered_by(post_many(locked_down_router.url, [{"X-Route-To": "v2"}] * 20), "v1")
+    assert_answered_by(post_many(locked_down_router.url, [{"X-Route-To": "v9"}] * 5), "v1")
 
 
 # -- response headers --------------------------------------------------------------------------
@@ -149,19 +148,18 @@ def test_model_version_names_who_answered(data_router: ServerProcess) -> None:
 
 @pytest.mark.parametrize("candidate,reason", [("down", "refused"), ("dropping", "reset")])
 def test_canary_falls_back_to_stable_when_the_candidate_cannot_answer(
-    start_router: StartRouter, v1_service: ServerProcess,
-    fake_upstream: Callable[..., FakeUpstream], candidate: str, reason: str,
+    one_worker_router: ServerProcess, candidate: str, reason: str
 ) -> None:
-    upstreams = {"v1": v1_service.url, "down": f"http://127.0.0.1:{free_port()}",
-                 "dropping": fake_upstream("dropping", drop_connection=True).url}
-    r = start_router(upstreams, ROUTER_STRATEGY="canary", ROUTER_CANDIDATE=candidate,
-                     WEB_CONCURRENCY="1")
-    change(r.url, canary_weight=100)
+    r = one_worker_router
+    put_state(r.url, "canary", candidate=candidate, canary_weight=100)
+    errors = {"version": candidate, "reason": reason}
+    before = (metric(r.url, "router_upstream_errors_total", **errors),
+              metric(r.url, "router_requests_total", version="v1", code="200"))
 
     answers = post_many(r.url, [{}] * 40 + [{"X-User-ID": f"u{i}"} for i in range(40)])
     assert_answered_by(answers, "v1")
-    assert metric(r.url, "router_upstream_errors_total", version=candidate, reason=reason) >= 80
-    assert metric(r.url, "router_requests_total", version="v1", code="200") == 80
+    assert metric(r.url, "router_upstream_errors_total", **errors) - before[0] >= 80
+    assert metric(r.url, "router_requests_total", version="v1", code="200") - before[1] == 80
     assert metric(r.url, "router_requests_total", version=candidate) == 0
 
     # A forced version is the client's explicit choice: no fallback, a JSON 502 instead.
@@ -183,6 +181,7 @@ def test_candidate_killed_mid_run_costs_no_client_errors(
         answers: list[Answer] = []
         stop = threading.Event()
         killed_at: list[float] = []
+        killed: list[int] = []
 
         def load() -> None:
             client = Client(r.url)
@@ -196,7 +195,7 @@ def test_candidate_killed_mid_run_costs_no_client_errors(
             running = [pool.submit(load) for _ in range(4)]
             try:
                 wait_until(lambda: sum(a.version == "v2" for a in answers) >= 40, timeout=30)
-                kill_tree(candidate.proc.pid)
+                killed = kill_tree(candidate.proc.pid)
                 candidate.proc.wait(10)
                 wait_until(lambda: refuses_connections(candidate.url), timeout=10)
                 killed_at.append(time.monotonic())
@@ -206,6 +205,7 @@ def test_candidate_killed_mid_run_costs_no_client_errors(
                 stop.set()
                 for future in running:
                     future.result()
+                remove_runtime_dirs(killed)
 
     failed = [a for a in answers if a.status != 200]
     assert not failed, f"{len(failed)} client errors, e.g. {failed[0]}"

@@ -5,31 +5,29 @@ from __future__ import annotations
 import requests
 
 from tests.router.conftest import StartRouter
-from tests.router.helpers import change, error_of, metric, post_many, samples, state
+from tests.router.helpers import change, error_of, metric, post_many, put_state, samples, state
 from tests.servers import ServerProcess, free_port
 
 
 def test_ready_follows_the_stable_service_while_health_stays_up(
-    start_router: StartRouter, v1_service: ServerProcess
+    one_worker_router: ServerProcess
 ) -> None:
-    down = f"http://127.0.0.1:{free_port()}"
-    r = start_router({"v1": v1_service.url, "v2": down}, ROUTER_STRATEGY="blue-green",
-                     WEB_CONCURRENCY="1")
-
+    r = one_worker_router
+    put_state(r.url, "blue-green")
     ready = requests.get(r.url + "/ready", timeout=5)
     assert ready.status_code == 200
     assert ready.json()["stable"] == "v1"
     assert ready.json()["config_version"] == state(r.url)["config_version"]
 
-    change(r.url, stable="v2", candidate="v1")  # the stable role moves to a service that is down
+    put_state(r.url, "blue-green", stable="down", candidate="v1")  # stable is now a dead service
     not_ready = requests.get(r.url + "/ready", timeout=5)
     assert not_ready.status_code == 503
     error = error_of(not_ready)
-    assert error["code"] == "not_ready" and "v2" in error["message"]
+    assert error["code"] == "not_ready" and "down" in error["message"]
     health = requests.get(r.url + "/health", timeout=5)
     assert (health.status_code, health.json()) == (200, {"status": "ok"})
 
-    change(r.url, stable="v1", candidate="v2")
+    put_state(r.url, "blue-green")
     assert requests.get(r.url + "/ready", timeout=5).status_code == 200
 
 
@@ -44,24 +42,24 @@ def test_a_router_whose_stable_is_down_from_the_start_is_alive_but_not_ready(
     assert error_of(ready)["code"] == "not_ready"
 
 
-def test_metrics_parse_and_follow_requests_and_changes(
-    start_router: StartRouter, models: dict[str, str]
-) -> None:
-    r = start_router(models)  # two workers: the exposition aggregates both
+def test_metrics_parse_and_follow_requests_and_changes(shared_router: ServerProcess) -> None:
+    r = shared_router  # two workers: the exposition aggregates both
     assert {"router_config_version", "router_traffic_weight"} <= {s.name for s in samples(r.url)}
-    version = state(r.url)["config_version"]
-    assert metric(r.url, "router_config_version") == version
-    assert metric(r.url, "router_traffic_weight", version="v1") == 100
-    assert metric(r.url, "router_traffic_weight", version="v2") == 0
+    current = put_state(r.url, "canary", canary_weight=10)
+    assert metric(r.url, "router_config_version") == current["config_version"]
+    assert metric(r.url, "router_traffic_weight", version="v1") == 90
+    assert metric(r.url, "router_traffic_weight", version="v2") == 10
 
-    answers = post_many(r.url, [{}] * 30)
+    served = {"version": "v1", "code": "200"}
+    before = (metric(r.url, "router_requests_total", **served),
+              metric(r.url, "router_request_duration_seconds_count", version="v1"))
+    answers = post_many(r.url, [{"X-Route-To": "v1"}] * 30)
     assert all(a.status == 200 for a in answers)
-    assert metric(r.url, "router_requests_total", version="v1", strategy="release-in-place",
-                  code="200") == 30
-    assert metric(r.url, "router_request_duration_seconds_count", version="v1") == 30
+    assert metric(r.url, "router_requests_total", **served) - before[0] == 30
+    assert metric(r.url, "router_request_duration_seconds_count", version="v1") - before[1] == 30
 
-    changed = change(r.url, strategy="canary", canary_weight=25)
-    assert changed["config_version"] == version + 1
-    assert metric(r.url, "router_config_version") == version + 1
-    assert metric(r.url, "router_traffic_weight", version="v1") == 75
-    assert metric(r.url, "router_traffic_weight", version="v2") == 25
+    changed = change(r.url, strategy="blue-green", stable="v2", candidate="v1")
+    assert changed["config_version"] == current["config_version"] + 1
+    assert metric(r.url, "router_config_version") == current["config_version"] + 1
+    assert metric(r.url, "router_traffic_weight", version="v1") == 0
+    assert metric(r.url, "router_traffic_weight", version="v2") == 100

@@ -53,7 +53,8 @@ def test_sqlite_state_survives_a_restart(
 def test_two_routers_on_one_redis_converge_within_a_second(
     start_router: StartRouter, models: dict[str, str], redis_state_url: str
 ) -> None:
-    a = start_router(models, state_url=redis_state_url, ROUTER_STRATEGY="blue-green")
+    a = start_router(models, state_url=redis_state_url, ROUTER_STRATEGY="blue-green",
+                     WEB_CONCURRENCY="1")
     b = start_router(models, state_url=redis_state_url, ROUTER_STRATEGY="blue-green")
     assert state(a.url)["config_version"] == state(b.url)["config_version"]
     assert_answered_by(post_many(b.url, [{}] * 20), "v1")

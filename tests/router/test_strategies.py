@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 from scipy.stats import binom
 
-from tests.router.conftest import StartRouter, running_router, seed_state
+from tests.router.conftest import StartRouter, seed_state
 from tests.router.helpers import (
     Answer,
     FakeUpstream,
@@ -20,11 +18,12 @@ from tests.router.helpers import (
     metric,
     post_many,
     predict,
+    put_state,
     state,
     transition,
     versions,
 )
-from tests.servers import ServerProcess, free_port, wait_until
+from tests.servers import ServerProcess, wait_until
 
 CONFIDENCE = 0.999
 
@@ -39,42 +38,29 @@ def users(n: int) -> list[dict[str, str]]:
     return [{"X-User-ID": f"user-{i}"} for i in range(n)]
 
 
-@pytest.fixture(scope="module")
-def router_1w(models: dict[str, str], log_dir: Path,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One worker, so each change routes from the very next request; tests set their own state."""
-    state_url = f"sqlite:///{tmp_path_factory.mktemp('strategies') / 'state.db'}"
-    with running_router(models, log_dir, state_url, WEB_CONCURRENCY="1") as server:
-        yield server
-
-
-def start_from(url: str, strategy: str, **fields: Any) -> dict[str, Any]:
-    """Put the router in a known state: ``strategy``, v1 stable, v2 candidate, nothing to v2."""
-    return change(url, **{"strategy": strategy, "stable": "v1", "candidate": "v2",
-                          "canary_weight": 0, "shadow_percent": 0, **fields})
-
-
 # -- release-in-place --------------------------------------------------------------------------
 
 
-def test_release_in_place_sends_everything_to_stable(router_1w: ServerProcess) -> None:
-    r = router_1w
-    start_from(r.url, "release-in-place")
-    mirrored = metric(r.url, "router_shadow_requests_total")
+def test_release_in_place_sends_everything_to_stable(one_worker_router: ServerProcess) -> None:
+    r = one_worker_router
+    put_state(r.url, "release-in-place")
+    mirrored = metric(r.url, "router_shadow_requests_total", version="v2")
     assert_answered_by(post_many(r.url, users(100) + [{}] * 100), "v1")
 
     # A canary weight means nothing to this strategy: still nobody reaches the candidate.
     change(r.url, canary_weight=50, shadow_percent=100)
     assert_answered_by(post_many(r.url, users(100) + [{}] * 100), "v1")
-    assert metric(r.url, "router_shadow_requests_total") == mirrored
+    assert metric(r.url, "router_shadow_requests_total", version="v2") == mirrored
 
 
 # -- blue-green --------------------------------------------------------------------------------
 
 
-def test_blue_green_live_colour_preview_promote_and_rollback(router_1w: ServerProcess) -> None:
-    r = router_1w
-    start_from(r.url, "blue-green")
+def test_blue_green_live_colour_preview_promote_and_rollback(
+    one_worker_router: ServerProcess,
+) -> None:
+    r = one_worker_router
+    put_state(r.url, "blue-green")
     assert_answered_by(post_many(r.url, users(60) + [{}] * 60), "v1")
     assert_answered_by(post_many(r.url, [{"X-Route-To": "v2"}] * 20), "v2")  # preview idle colour
 
@@ -92,10 +78,10 @@ def test_blue_green_live_colour_preview_promote_and_rollback(router_1w: ServerPr
 
 
 @pytest.mark.slow
-def test_blue_green_switch_under_load_is_atomic(router_1w: ServerProcess) -> None:
+def test_blue_green_switch_under_load_is_atomic(one_worker_router: ServerProcess) -> None:
     """Requests in flight during a promote all succeed; every request sent after it gets v2."""
-    r = router_1w
-    start_from(r.url, "blue-green")
+    r = one_worker_router
+    put_state(r.url, "blue-green")
     answers: list[Answer] = []
     stop = threading.Event()
     switched_at: list[float] = []
@@ -150,10 +136,10 @@ def test_canary_split_over_10000_requests_is_inside_the_binomial_interval(
 
 @pytest.mark.slow
 def test_canary_users_stay_on_their_version_while_the_weight_grows(
-    router_1w: ServerProcess,
+    one_worker_router: ServerProcess,
 ) -> None:
-    r = router_1w
-    start_from(r.url, "canary")
+    r = one_worker_router
+    put_state(r.url, "canary")
     population = users(200)
 
     def cohort(weight: int) -> set[str]:
@@ -170,9 +156,9 @@ def test_canary_users_stay_on_their_version_while_the_weight_grows(
     assert len(at_10) < len(at_25) < len(at_50)
 
 
-def test_canary_rollback_and_promote(router_1w: ServerProcess) -> None:
-    r = router_1w
-    start_from(r.url, "canary", canary_weight=30)
+def test_canary_rollback_and_promote(one_worker_router: ServerProcess) -> None:
+    r = one_worker_router
+    put_state(r.url, "canary", canary_weight=30)
     assert_answered_by(post_many(r.url, [{"X-Route-To": "v2"}] * 10), "v2")
     assert set(versions(post_many(r.url, users(200)))) == {"v1", "v2"}
 
@@ -197,10 +183,10 @@ def direct_answer(service_url: str) -> bytes:
 
 
 def test_shadow_client_sees_only_stable_while_candidate_is_compared(
-    router_1w: ServerProcess, models: dict[str, str]
+    one_worker_router: ServerProcess, models: dict[str, str]
 ) -> None:
-    r = router_1w
-    start_from(r.url, "shadow", shadow_percent=100)
+    r = one_worker_router
+    put_state(r.url, "shadow", shadow_percent=100)
     expected = direct_answer(models["v1"])
     assert direct_answer(models["v2"]) != expected  # the two versions are told apart by body
     mirrored_before = metric(r.url, "router_shadow_requests_total", version="v2", outcome="ok")
@@ -219,39 +205,27 @@ def test_shadow_client_sees_only_stable_while_candidate_is_compared(
     assert metric(r.url, "router_shadow_comparisons_total") - compared_before == 80
 
 
-BAD_CANDIDATES = {  # label: the outcome the router records for a copy sent there
+BAD_CANDIDATES = {  # a misbehaving version of one_worker_router: what a copy sent there records
     "slow": "timeout", "failing": "error", "down": "refused", "dropping": "reset",
 }
 
 
-@pytest.fixture(scope="module")
-def shadow_router(v1_service: ServerProcess, log_dir: Path,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Stable is the real v1; each other version is a candidate that misbehaves in its own way."""
-    with FakeUpstream("slow", delay_s=60) as slow, FakeUpstream("failing", status=500) as failing, \
-            FakeUpstream("dropping", drop_connection=True) as dropping:
-        upstreams = {"v1": v1_service.url, "slow": slow.url, "failing": failing.url,
-                     "down": f"http://127.0.0.1:{free_port()}", "dropping": dropping.url}
-        state_url = f"sqlite:///{tmp_path_factory.mktemp('shadow') / 'state.db'}"
-        with running_router(upstreams, log_dir, state_url, WEB_CONCURRENCY="1",
-                            ROUTER_TIMEOUT_S="2") as server:
-            yield server
-
-
 @pytest.mark.parametrize("candidate", BAD_CANDIDATES)
 def test_misbehaving_shadow_candidate_never_changes_what_the_client_sees(
-    shadow_router: ServerProcess, v1_service: ServerProcess, candidate: str
+    one_worker_router: ServerProcess, v1_service: ServerProcess, candidate: str
 ) -> None:
-    r = shadow_router
-    change(r.url, strategy="shadow", candidate=candidate, shadow_percent=100)
+    r = one_worker_router
+    put_state(r.url, "shadow", candidate=candidate, shadow_percent=100)
+    outcomes = {"version": candidate, "outcome": BAD_CANDIDATES[candidate]}
+    before = metric(r.url, "router_shadow_requests_total", **outcomes)
     expected = direct_answer(v1_service.url)
 
     # The client gives up after 5 s; the slow candidate would take 60: waiting for it would show.
     answers = post_many(r.url, [{}] * 16, timeout=5)
     assert_answered_by(answers, "v1")
     assert all(a.body == expected for a in answers)
-    wait_until(lambda: metric(r.url, "router_shadow_requests_total", version=candidate,
-                              outcome=BAD_CANDIDATES[candidate]) >= 1, timeout=10)
+    wait_until(lambda: metric(r.url, "router_shadow_requests_total", **outcomes) > before,
+               timeout=10)
     assert metric(r.url, "router_shadow_requests_total", version=candidate, outcome="ok") == 0
     assert metric(r.url, "router_shadow_comparisons_total", candidate=candidate) == 0
 

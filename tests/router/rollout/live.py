@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -97,8 +98,20 @@ def predict(url: str, n: int) -> list[requests.Response]:
 
 
 def wait_all_answered_by(url: str, version: str) -> None:
-    """Until a state change has reached every worker: a batch answered only by ``version``."""
-    wait_until(lambda: all(r.headers["X-Model-Version"] == version for r in predict(url, 20)), 10)
+    """Until a state change has reached every worker: batches answered only by ``version``.
+
+    Each request takes a new connection, so the router's workers all get some.
+    """
+    def answered_by(i: int) -> str | None:
+        resp = requests.post(url + "/predict", json={"instances": [ROWS[i]]}, timeout=10,
+                             headers={"Connection": "close"})
+        return resp.headers.get("X-Model-Version")
+
+    def batch() -> bool:
+        with ThreadPoolExecutor(4) as pool:
+            return set(pool.map(answered_by, range(24))) == {version}
+
+    wait_until(lambda: batch() and batch(), 10)
 
 
 class Admin:

@@ -40,12 +40,27 @@ def test_live_shadow_agreement_matches_offline_then_canary_promotes(shared: Stac
     assert (state["strategy"], state["shadow_percent"], state["weights"]) == ("shadow", 100, {"v1": 100, "v2": 0})
     assert admin.call("POST", "/admin/rollout/pause")["rollout"]["status"] == "paused"  # mirror, no verdicts
 
-    before = scrape(router.url)
-
     def send(i: int) -> str:
         resp = requests.post(router.url + "/predict", json={"instances": [ROWS[i]]}, timeout=10)
         assert resp.status_code == 200
         return resp.headers["X-Model-Version"]
+
+    def mirrored_total() -> float:
+        return metric(scrape(router.url), "router_shadow_requests_total", version="v2")
+
+    def every_worker_mirrors() -> bool:
+        """Probes on new connections (so on both workers) are all mirrored: the change arrived."""
+        start = mirrored_total()
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(send, range(20)))
+        try:
+            wait_until(lambda: mirrored_total() - start >= 20, 3)
+        except TimeoutError:
+            return False
+        return True
+
+    wait_until(every_worker_mirrors, 20)
+    before = scrape(router.url)
 
     def mirrored(n: int) -> dict | None:
         after = scrape(router.url)

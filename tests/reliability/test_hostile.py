@@ -1,0 +1,181 @@
+"""Hostile input on the data path: bodies that must be refused, headers that must not pass."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from router.app import create_app
+from router.config import RouterConfig
+from tests.reliability.conftest import Fakes, Gateway, Row
+from tests.reliability.tools import post_raw
+from tests.router.helpers import ROW, Answer, error_of
+from tests.servers import InProcessServer, ServerProcess
+
+JSON = ("Content-Type", "application/json")
+TEN_MB = b'{"instances": [' + b"[0.5]," * (10 * 2**20 // 6) + b"[0.5]]}"
+
+
+def instances(text: str) -> bytes:
+    return b'{"instances": ' + text.encode() + b"}"
+
+
+ROW_TEXT = json.dumps(ROW)
+# name: (body, chunked, the status the issue asks for; None: any 4xx)
+HOSTILE_BODIES: dict[str, tuple[bytes, bool, int | None]] = {
+    "10 MB with Content-Length": (TEN_MB, False, 413),
+    "10 MB chunked, no Content-Length": (TEN_MB, True, 413),
+    "malformed JSON": (b'{"instances": [[1.0, 2.0}', False, 400),
+    "truncated JSON": (instances(f"[{ROW_TEXT}")[:-1], False, 400),
+    "empty body": (b"", False, 400),
+    "NaN": (instances(f"[[NaN{ROW_TEXT[ROW_TEXT.index(','):]}]"), False, None),
+    "Infinity": (instances(f"[[Infinity{ROW_TEXT[ROW_TEXT.index(','):]}]"), False, None),
+    "-Infinity": (instances(f"[[-Infinity{ROW_TEXT[ROW_TEXT.index(','):]}]"), False, None),
+    "1e400": (instances(f"[[1e400{ROW_TEXT[ROW_TEXT.index(','):]}]"), False, None),
+    "not an object": (json.dumps([ROW]).encode(), False, None),
+    "instances not a list": (instances("5"), False, None),
+    "no rows": (instances("[]"), False, None),
+    "too few features": (instances("[[1.0, 2.0, 3.0]]"), False, None),
+    "ragged rows": (instances(json.dumps([ROW, ROW[:5]])), False, None),
+    "strings for numbers": (instances(json.dumps([["x"] * len(ROW)])), False, None),
+    "rows of objects and arrays": (instances(json.dumps([ROW, {"a": 1}])), False, None),
+    "100000 [": (b"[" * 100_000, False, None),
+    "100000 [ in instances": (instances("[" * 100_000), False, None),
+    "100000 { in instances": (instances('{"a":' * 100_000), False, None),
+}
+# What the router refuses before choosing an upstream; everything else is the model's to judge.
+ROUTER_REFUSES = {
+    "10 MB with Content-Length": (TEN_MB, False, ("Content-Type", "application/json")),
+    "10 MB chunked, no Content-Length": (TEN_MB, True, ("Content-Type", "application/json")),
+    "not JSON by its Content-Type": (b"instances=1", False,
+                                     ("Content-Type", "application/x-www-form-urlencoded")),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.scenario(10, "hostile bodies at the router and the model service")
+def test_hostile_bodies_are_refused_and_never_forwarded(
+    gateway: Gateway, v1_service: ServerProcess, fakes: Fakes, scenario: Row
+) -> None:
+    """Every hostile body gets a JSON 4xx from the router (stable: the real v1) and from the
+    model service itself: 413 over the size limit, chunked or not, 400 for malformed JSON. What
+    the router refuses itself never reaches an upstream (a recording one, here)."""
+    wrong: list[str] = []
+    sent = 0
+    for name, (body, chunked, wanted) in HOSTILE_BODIES.items():
+        at_model = post_raw(v1_service.url, body, [JSON], chunked)
+        at_router = post_raw(gateway.url, body, [JSON], chunked)
+        sent += 2
+        for where, answer in (("model service", at_model), ("router", at_router)):
+            if not refused_as(answer, wanted):
+                wrong.append(f"{name} at the {where}: {answer.status} {answer.body[:120]!r}")
+        if at_router.status != at_model.status:
+            wrong.append(f"{name}: the router answered {at_router.status}, v1 {at_model.status}")
+
+    reached = len(fakes.recorder.received)
+    for name, (body, chunked, content_type) in ROUTER_REFUSES.items():
+        answer = post_raw(gateway.url, body, [content_type, ("X-Route-To", "recorder")], chunked)
+        sent += 1
+        if not refused_as(answer, 415 if name.startswith("not JSON") else 413):
+            wrong.append(f"{name} to the recorder: {answer.status} {answer.body[:120]!r}")
+    forwarded = len(fakes.recorder.received) - reached
+
+    scenario.record(sent, len(wrong) + forwarded,
+                    f"{len(HOSTILE_BODIES)} bodies refused by both; "
+                    f"{forwarded} of {len(ROUTER_REFUSES)} router refusals forwarded")
+    assert not wrong, "\n".join(wrong)
+    assert forwarded == 0
+
+
+def refused_as(answer: Answer, status: int | None) -> bool:
+    """A JSON error of the contract, with ``status`` (or any 4xx when None)."""
+    ok = answer.status == status if status is not None else 400 <= answer.status < 500
+    return ok and bool(error_of(answer)["code"])
+
+
+HOP_BY_HOP = [
+    ("Connection", "keep-alive, X-Hop-Secret"),
+    ("X-Hop-Secret", "named in Connection"),
+    ("Keep-Alive", "timeout=5"),
+    ("TE", "trailers"),
+    ("Trailer", "X-Checksum"),
+    ("Upgrade", "h2c"),
+    ("Proxy-Authorization", "Basic dXNlcjpwYXNz"),
+    ("Authorization", "Bearer the-clients-own-secret"),
+]
+NEVER_FORWARDED = {"connection", "x-hop-secret", "keep-alive", "te", "trailer", "upgrade",
+                   "proxy-authorization", "authorization"}
+
+
+@contextmanager
+def in_process_router(env: dict[str, str]) -> Iterator[InProcessServer]:
+    """A router configured from ``env`` (as from the environment), on a real socket here."""
+    app = create_app(RouterConfig.from_env(env))
+    ctx = app.extensions["router"]
+    try:
+        with InProcessServer(app) as server:
+            yield server
+    finally:
+        ctx.live.stop()
+        ctx.controller.stop()
+        for pool in ctx.pools.values():
+            pool.close()
+        ctx.store.close()
+
+
+def forwarded_headers(fakes: Fakes, url: str, headers: list[tuple[str, str]],
+                      chunked: bool = False) -> list[tuple[str, str]]:
+    """The headers the recorder received for one request sent through the router at ``url``."""
+    seen = len(fakes.recorder.received)
+    answer = post_raw(url, json.dumps({"instances": [ROW]}).encode(),
+                      [JSON, ("X-Route-To", "recorder"), *headers], chunked)
+    assert answer.status == 200, answer
+    [received] = fakes.recorder.received[seen:]
+    return [(name.lower(), value) for name, value in received]
+
+
+def xff(received: list[tuple[str, str]]) -> list[str]:
+    return [value for name, value in received if name == "x-forwarded-for"]
+
+
+@pytest.mark.scenario(11, "header hygiene: hop-by-hop, credentials, X-Forwarded-For")
+def test_hop_by_hop_credentials_and_spoofed_forwarded_for_stop_at_the_router(
+    gateway: Gateway, fakes: Fakes, tmp_path: Path, scenario: Row
+) -> None:
+    """Hop-by-hop headers, those Connection names, and Authorization never reach an upstream. A
+    client's X-Forwarded-For is replaced by the peer address unless the peer is one of
+    ROUTER_TRUSTED_PROXIES: then the chain is kept and the peer appended."""
+    leaks = []
+    sent = 0
+    for chunked in (False, True):
+        received = forwarded_headers(fakes, gateway.url, [*HOP_BY_HOP, ("X-End-To-End", "kept")],
+                                     chunked)
+        sent += 1
+        leaks += [f"{n}: {v}" for n, v in received if n in NEVER_FORWARDED or n.startswith("proxy-")]
+        assert ("x-end-to-end", "kept") in received
+
+    spoofed = [("X-Forwarded-For", "203.0.113.66")]
+    untrusted = xff(forwarded_headers(fakes, gateway.url, spoofed))
+    base_env = {"ROUTER_UPSTREAMS": f"recorder={fakes.recorder.url}"}
+    with in_process_router({**base_env, "ROUTER_STATE_URL": f"sqlite:///{tmp_path / 'a.db'}",
+                            "ROUTER_TRUSTED_PROXIES": "10.0.0.0/8"}) as elsewhere:
+        not_the_peer = xff(forwarded_headers(fakes, elsewhere.url, spoofed))
+    with in_process_router({**base_env, "ROUTER_STATE_URL": f"sqlite:///{tmp_path / 'b.db'}",
+                            "ROUTER_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1"}) as behind_proxy:
+        chained = xff(forwarded_headers(
+            fakes, behind_proxy.url, [("X-Forwarded-For", "203.0.113.7, 198.51.100.1")]))
+        direct = xff(forwarded_headers(fakes, behind_proxy.url, []))
+    sent += 4
+
+    scenario.record(sent, len(leaks) + (untrusted != ["127.0.0.1"]),
+                    f"{len(leaks)} hop-by-hop or credential headers forwarded; spoofed "
+                    f"X-Forwarded-For -> {untrusted}; from a trusted proxy -> {chained}")
+    assert not leaks, f"forwarded to the upstream: {leaks}"
+    assert untrusted == ["127.0.0.1"]
+    assert not_the_peer == ["127.0.0.1"]
+    assert chained == ["203.0.113.7, 198.51.100.1, 127.0.0.1"]
+    assert direct == ["127.0.0.1"]
