@@ -207,7 +207,7 @@ class PredictionClient(FastHttpUser):
         rows = 1 if self.rng.random() >= self.batch_share else self.rng.randint(2, MAX_BATCH)
         start = self.rng.randrange(len(ROWS))
         instances = [ROWS[(start + i) % len(ROWS)] for i in range(rows)]
-        with self.client.post("/predict", data=orjson.dumps({"instances": instances}),
+        with self.client.post("/predict", data=orjson.dumps({"instances": instances}).decode(),
                               headers={"Content-Type": "application/json", "X-User-ID": self.user_id},
                               name="predict", context={"user": self.user_id, "rows": rows},
                               catch_response=True) as resp:

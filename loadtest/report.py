@@ -28,9 +28,10 @@ from loadtest.compare_measures import (
     read_requests,
     series,
 )
-from loadtest.compare_release import RELEASES, SCENARIOS, THRESHOLDS
+from loadtest.compare_release import RELEASES, SCENARIOS, THRESHOLDS, Release
 
 MANIFEST = "comparison.json"
+FINDINGS = "findings.md"
 RAW_KINDS = (  # published in this order while they fit
     ("Locust's final statistics", f"{LOCUST_PREFIX}_stats.csv"),
     ("Locust's failures", f"{LOCUST_PREFIX}_failures.csv"),
@@ -143,93 +144,113 @@ def _publish_raw(out: Path, target: Path, runs: list[dict[str, Any]], limit: int
     return lines
 
 
-def render(out: Path, publish: Path | None = None, raw_limit_mb: float = 1.0) -> Path:
-    """Write ``report.md`` and ``plots/`` into ``publish`` (default: ``out``) from ``out``'s files."""
-    manifest = json.loads((out / MANIFEST).read_text())
-    target = publish or out
-    target.mkdir(parents=True, exist_ok=True)
-    runs = manifest["runs"]
+def _intro(manifest: dict[str, Any]) -> list[str]:
     used = [RELEASES[name] for name in manifest["strategies"]]
-    lines = [
+    seconds = manifest["seconds_per_phase"]
+    return [
         "# Deployment strategies under load: what users experience during a release", "",
         f"`{manifest['command']}`", "",
         (f"Each run starts fresh v1, v2 (model services, one gunicorn worker each) and router "
-        f"processes on one host. Locust runs {manifest['users']} simulated users "
-        "(`loadtest/locustfile.py`: a stable `X-User-ID` each, 0.05-0.2 s between requests, 70 % "
-        "single rows and 30 % batches of 2-20 rows from the breast cancer data) against the "
-        f"router for {manifest['seconds_per_phase']:g} s; then v2 is released, the run waits for "
-        f"the final decision, and the load goes on for another {manifest['seconds_per_phase']:g} s."),
+         f"processes on one host. Locust runs {manifest['users']} simulated users "
+         "(`loadtest/locustfile.py`: a stable `X-User-ID` each, 0.05-0.2 s between requests, 70 % "
+         "single rows and 30 % batches of 2-20 rows from the breast cancer data) against the "
+         f"router for {seconds:g} s; then v2 is released, the run waits for the final decision, "
+         f"and the load goes on for another {seconds:g} s."),
         "",
         "## How v2 is released", "",
         "| strategy | how |", "| --- | --- |",
         *(f"| {r.title} | {r.how} |" for r in used), "",
         (f"Rollout plans (`POST /admin/rollout`) use `interval_s` {manifest['interval_s']:g}, "
-        f"`min_requests` {manifest['min_requests']}, `max_failed_analyses` 1 and the thresholds "
-        f"`{json.dumps(THRESHOLDS)}`. All but `max_p99_ratio` are the router's defaults; that one "
-        "is raised from 1.5 to 4 because v2 (gradient-boosted trees) is slower than v1 (logistic "
-        "regression) even when healthy, and a shared host adds noise to every tail; the latency "
-        "fault is far beyond it. The intervals are short so that a run takes about a minute; in "
-        "production they would be minutes."), "",
+         f"`min_requests` {manifest['min_requests']}, `max_failed_analyses` 1 and the thresholds "
+         f"`{json.dumps(THRESHOLDS)}`. All but `max_p99_ratio` are the router's defaults; that one "
+         "is raised from 1.5 to 4 because v2 (gradient-boosted trees) is slower than v1 (logistic "
+         "regression) even when healthy, and a shared host adds noise to every tail. The "
+         "intervals are short so that a run takes about a minute; in production they would be "
+         "minutes."), "",
         "## Measures", "",
         ("- **before / during / after**: requests by start time: before the release; from the "
-        "release to the final decision (promotion or rollback; for a restart, until the new process "
-        "is ready); from then to the end of the run."),
+         "release to the final decision (promotion or rollback; for a restart, until the new "
+         "process is ready); from then to the end of the run."),
         ("- **failed**: status not 200, or a body that is not a valid prediction (wrong number of "
-        "predictions, probabilities not summing to 1, no `model_version`)."),
+         "predictions, probabilities not summing to 1, no `model_version`)."),
         ("- **exposure before the decision**: requests the candidate answered between the release "
-        "and the final decision (to the end of the run when nothing decides), of all requests "
-        "sent in that window (a valid answer names its model in `model_version`; a failed one "
-        "counts when the candidate's service gave it); **users exposed**: distinct `X-User-ID`s "
-        "among them."),
+         "and the final decision (to the end of the run when nothing decides), of all requests "
+         "sent in that window (a valid answer names its model in `model_version`; a failed one "
+         "counts when the candidate's service gave it); **users exposed**: distinct `X-User-ID`s "
+         "among them."),
         ("- **to 100 % v2**: from the release until v2 answers all traffic (switch, reload, "
-        "promotion, or the restarted process being ready); **to rollback**: until traffic is back "
-        "on v1."),
+         "promotion, or the restarted process being ready); **to rollback**: until traffic is "
+         "back on v1."),
         "- **latency**: client-side response time (nearest-rank percentiles over the phase).",
         "",
         ("Every number is computed from the request log that the locustfile writes through "
-        "Locust's request event; each run's totals per version were checked against Locust's own "
-        f"`{LOCUST_PREFIX}_stats.csv`."),
+         "Locust's request event; each run's totals per version were checked against Locust's "
+         f"own `{LOCUST_PREFIX}_stats.csv`."),
     ]
+
+
+def _run_notes(title: str, release: Release, timeline: Timeline) -> list[str]:
+    notes = [f"- {title}: {note}." for note in timeline.notes]
+    if timeline.max_weight is not None:
+        notes.append(f"- {title}: highest canary weight reached {timeline.max_weight} %.")
+    if release.restart:
+        notes.append(f"- {title}: the restarted service keeps its label `{timeline.stable}` in "
+                     f"`X-Model-Version` while serving {timeline.candidate}; nothing decides, so "
+                     "its exposure runs to the end of the run.")
+    return notes
+
+
+def _scenario_section(out: Path, target: Path, scenario_name: str,
+                      runs: list[dict[str, Any]]) -> list[str]:
+    """One scenario's table, notes and plots (rendered into ``target/plots``)."""
+    scenario = SCENARIOS[scenario_name]
+    rows, notes, plots = [], [], []
+    for run in (r for r in runs if r["scenario"] == scenario_name):
+        release = RELEASES[run["strategy"]]
+        folder = out / "csv" / scenario_name / release.name
+        if run.get("skipped"):
+            notes.append(f"- {release.title}: {run['skipped']}.")
+            continue
+        if run.get("broken"):
+            notes.append(f"- {release.title}: run broke: {run['broken']}.")
+            if not (folder / TIMELINE).exists():
+                rows.append([release.title, "run broke"] + ["—"] * (len(COLUMNS) - 2))
+                continue
+        timeline = Timeline.load(folder)
+        requests = read_requests(folder)
+        rows.append(table_row(release.title, timeline, measure(requests, timeline)))
+        notes += _run_notes(release.title, release, timeline)
+        plot = Path("plots") / f"{scenario_name}-{release.name}.png"
+        plot_run(target / plot, f"{scenario_name} / {release.title}", timeline, requests)
+        plots.append(f"![{scenario_name} / {release.title}]({plot.as_posix()})\n")
+    lines = ["", f"## Scenario {scenario.name}: {scenario.description}", "", _markdown_table(rows)]
+    if notes:
+        lines += ["", *notes]
+    if plots:
+        lines += ["", ("Per second: latency (p50, p95, p99), share of failed requests, and "
+                       "answers by the model version that gave them (the body's `model_version`) "
+                       "with failures on top; the release is the red dashed line at 0:"), "",
+                  *plots]
+    return lines
+
+
+def render(out: Path, publish: Path | None = None, raw_limit_mb: float = 1.0) -> Path:
+    """Write ``report.md`` and ``plots/`` into ``publish`` (default: ``out``) from ``out``'s files.
+
+    A ``findings.md`` in ``out`` (what a person read in the numbers) is included after the
+    introduction.
+    """
+    manifest = json.loads((out / MANIFEST).read_text())
+    target = publish or out
+    target.mkdir(parents=True, exist_ok=True)
+    lines = _intro(manifest)
+    findings = out / FINDINGS
+    if findings.exists():
+        lines += ["", "## What the numbers show", "", findings.read_text().strip()]
     for scenario_name in manifest["scenarios"]:
-        scenario = SCENARIOS[scenario_name]
-        rows, notes, plots = [], [], []
-        for run in (r for r in runs if r["scenario"] == scenario_name):
-            release = RELEASES[run["strategy"]]
-            folder = out / "csv" / scenario_name / release.name
-            if run.get("skipped"):
-                notes.append(f"- {release.title}: {run['skipped']}.")
-                continue
-            if run.get("broken") and not (folder / TIMELINE).exists():
-                rows.append([release.title, f"run broke: {run['broken']}"] + ["—"] * (len(COLUMNS) - 2))
-                continue
-            timeline = Timeline.load(folder)
-            requests = read_requests(folder)
-            m = measure(requests, timeline)
-            rows.append(table_row(release.title, timeline, m))
-            if run.get("broken"):
-                notes.append(f"- {release.title}: run broke: {run['broken']}.")
-            notes += [f"- {release.title}: {note}." for note in timeline.notes]
-            if timeline.max_weight is not None:
-                notes.append(f"- {release.title}: highest canary weight reached "
-                             f"{timeline.max_weight} %.")
-            if release.restart:
-                notes.append(f"- {release.title}: the restarted service keeps its label "
-                             f"`{timeline.stable}` in `X-Model-Version` while serving "
-                             f"{timeline.candidate}; nothing decides, so its exposure runs to the "
-                             "end of the run.")
-            plot = Path("plots") / f"{scenario_name}-{release.name}.png"
-            plot_run(target / plot, f"{scenario_name} / {release.title}", timeline, requests)
-            plots.append(f"![{scenario_name} / {release.title}]({plot.as_posix()})")
-        lines += ["", f"## Scenario {scenario.name}: {scenario.description}", "", _markdown_table(rows)]
-        if notes:
-            lines += ["", *notes]
-        if plots:
-            lines += ["", ("Per second: latency (p50, p95, p99), share of failed requests, and "
-                      "answers by the model version that gave them (the body's `model_version`) "
-                      "with failures on top; the release is the red dashed line at 0:"), ""]
-            lines += [f"{p}\n" for p in plots]
+        lines += _scenario_section(out, target, scenario_name, manifest["runs"])
     lines += ["", "## Raw data", "",
-              *_publish_raw(out, target, runs, int(raw_limit_mb * 1_000_000)), ""]
+              *_publish_raw(out, target, manifest["runs"], int(raw_limit_mb * 1_000_000)), ""]
     report = target / "report.md"
     report.write_text("\n".join(lines))
     return report

@@ -1,0 +1,157 @@
+"""Human-readable output of the ``rollout`` command line: state, analysis, rollout and events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# -- rendering -------------------------------------------------------------------------------------
+
+
+def _lines(pairs: Iterable[tuple[str, Any]]) -> str:
+    pairs = list(pairs)
+    width = max(len(key) for key, _ in pairs) + 2
+    return "\n".join(f"{key + ':':<{width}}{value}" for key, value in pairs)
+
+
+def _clock(value: Any) -> str:
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC).strftime("%H:%M:%S")
+    return str(value or "")[11:19] or "-"
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "none"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _split(state: dict[str, Any]) -> str:
+    weights = state.get("weights") or {state.get("stable"): 100}
+    return ", ".join(f"{v} {w}%" for v, w in weights.items() if w) or "-"
+
+
+def _artifact(label: str | None, meta: dict[str, Any] | None) -> str:
+    if not label or not meta:
+        return label or "none"
+    if "error" in meta:
+        return f"{label}  ({meta['error']})"
+    parts = [meta.get("description"), f"sha256 {str(meta.get('sha256', ''))[:12]}",
+             f"trained {str(meta.get('trained_at', ''))[:16].replace('T', ' ')}",
+             f"sklearn {meta.get('sklearn_version', '?')}"]
+    heldout = meta.get("heldout_metrics") or {}
+    if "accuracy" in heldout:
+        parts.append(f"accuracy {heldout['accuracy']:.4f}")
+    served = meta.get("version")
+    prefix = f"{label} (serving {served})" if served and served != label else label
+    return f"{prefix}  " + ", ".join(p for p in parts if p)
+
+
+def _progress(rollout: dict[str, Any], state: dict[str, Any]) -> str:
+    plan = rollout.get("plan") or {}
+    steps, phase = plan.get("steps") or [], rollout.get("phase")
+    text = f"{rollout.get('id')} {rollout.get('status')}: {plan.get('strategy')}"
+    if phase not in (plan.get("strategy"), "done"):
+        text += f", phase {phase}"
+    if phase == "canary" and steps:
+        step = rollout.get("step", 0) + 1
+        text += f", step {step} of {len(steps)} ({state.get('canary_weight')}%)"
+    if plan.get("interval_s") is not None:
+        text += f", analysis every {plan['interval_s']:g} s"
+    return text
+
+
+def verdict_line(decision: dict[str, Any] | None) -> str:
+    if not decision:
+        return "none yet"
+    checks = "; ".join(f"{c.get('name')} {_num(c.get('value'))} (limit {_num(c.get('threshold'))}) "
+                       f"{c.get('decision')}" for c in decision.get("checks") or [])
+    verdict, action = decision.get("decision"), decision.get("action")
+    head = f"{verdict} -> {action}" if action != verdict else str(verdict)
+    head += f" at {_clock(decision.get('time'))}"
+    return f"{head}: {checks}" if checks else head
+
+
+def render_state(state: dict[str, Any], url: str,
+                 artifacts: dict[str, dict[str, Any]] | None = None) -> str:
+    """The routing state as aligned ``key: value`` lines."""
+    artifacts = artifacts or {}
+    stable, candidate = state.get("stable"), state.get("candidate")
+    shadow, rollout = state.get("shadow_percent") or 0, state.get("rollout")
+    pairs: list[tuple[str, Any]] = [
+        ("router", url),
+        ("config version", state.get("config_version")),
+        ("strategy", state.get("strategy")),
+        ("split", _split(state)),
+        ("shadow", f"{shadow}% mirrored to {candidate}" if shadow else "off"),
+        ("stable", _artifact(stable, artifacts.get(stable or ""))),
+        ("candidate", _artifact(candidate, artifacts.get(candidate or ""))),
+        ("rollout", _progress(rollout, state) if rollout else "none"),
+    ]
+    if rollout:
+        decisions = rollout.get("decisions") or []
+        pairs.append(("last verdict", verdict_line(decisions[-1] if decisions else None)))
+    store = state.get("store") or {}
+    if not store.get("reachable", True):
+        pairs.append(("state store", f"unreachable: {store.get('error')}"))
+    return _lines(pairs)
+
+
+def render_analysis(analysis: dict[str, Any]) -> str:
+    """One line per version: requests, error rate, latency percentiles, shadow agreement."""
+    rows = []
+    for version, stats in (analysis.get("versions") or {}).items():
+        lat, shadow = stats.get("latency_ms") or {}, stats.get("shadow") or {}
+        line = (f"{version:<6} {stats.get('requests', 0):>7.0f} req  "
+                f"err {stats.get('error_rate', 0):7.2%}  p50 {_ms(lat.get('p50'))} "
+                f"p95 {_ms(lat.get('p95'))} p99 {_ms(lat.get('p99'))} ms")
+        if shadow.get("requests"):
+            line += f"  shadow {shadow['requests']:.0f}, agreement {_num(shadow.get('agreement'))}"
+        rows.append(line)
+    return "\n".join(rows) or "no traffic yet"
+
+
+def render_watch(state: dict[str, Any], analysis: dict[str, Any]) -> str:
+    """One refresh of ``watch``: progress, split, per-version statistics, live verdict."""
+    now = datetime.now(UTC).strftime("%H:%M:%S")
+    body = render_analysis(analysis).replace("\n", "\n  ")
+    verdict = (analysis.get("verdict") or {}).get("decision", "-")
+    return (f"[{now}] {_progress(state.get('rollout') or {}, state)}; split {_split(state)}\n"
+            f"  {body}\n  live verdict: {verdict}")
+
+
+def render_events(events: list[dict[str, Any]]) -> str:
+    """The audit log as a small table."""
+    if not events:
+        return "no events"
+    header = ("ID", "TIME", "CONFIG", "ACTOR", "ACTION", "CHANGE", "REASON")
+    rows = [(str(e.get("id", "")), str(e.get("time", ""))[:19].replace("T", " "),
+             str(e.get("config_version", "")), str(e.get("actor", "")), str(e.get("action", "")),
+             _change(e.get("old") or {}, e.get("new") or {}), one_line(str(e.get("reason") or "")))
+            for e in events]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    return "\n".join(("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False))
+                      + "  " + row[-1]).rstrip() for row in [header, *rows])
+
+
+def _change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    parts = []
+    for key, after in new.items():
+        before = old.get(key)
+        if key == "rollout":
+            before, after = (before or {}).get("status"), (after or {}).get("status")
+            if before == after:
+                continue
+        parts.append(f"{key} {_num(before)}->{_num(after)}")
+    text = ", ".join(parts) or "-"
+    return text if len(text) <= 70 else text[:67] + "..."
+
