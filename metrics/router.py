@@ -34,7 +34,7 @@ class RouterMetrics:
             ["version", "outcome"], registry=registry,
         )
         self.shadow_comparisons = Counter(
-            "router_shadow_comparisons_total", "Shadow answers compared with stable's.",
+            "router_shadow_comparisons_total", "Rows whose shadow prediction agrees with stable's.",
             ["result", "stable", "candidate"], registry=registry,
         )
         self.shadow_probability_diff = Histogram(

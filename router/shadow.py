@@ -31,11 +31,12 @@ class MirrorJob:
 
 @dataclass(frozen=True)
 class Comparison:
-    """How a candidate's answer compares with stable's for one request."""
+    """How a candidate's answer compares with stable's for one request, row by row."""
 
-    agree: bool
+    agree: bool  # every row has the same predicted class
     max_probability_diff: float
     rows: int
+    agreeing_rows: int
 
 
 def compare(stable_body: bytes, candidate_body: bytes) -> Comparison | None:
@@ -47,12 +48,13 @@ def compare(stable_body: bytes, candidate_body: bytes) -> Comparison | None:
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
     if len(p1) != len(p2) or len(q1) != len(q2):
-        return Comparison(False, 1.0, len(p1))
+        return Comparison(False, 1.0, len(p1), 0)
     diff = max(
         (abs(a - b) for r1, r2 in zip(q1, q2, strict=True) for a, b in zip(r1, r2, strict=False)),
         default=0.0,
     )
-    return Comparison(p1 == p2, float(diff), len(p1))
+    agreeing = sum(1 for a, b in zip(p1, p2, strict=True) if a == b)
+    return Comparison(p1 == p2, float(diff), len(p1), agreeing)
 
 
 class Mirror:
@@ -118,9 +120,15 @@ class Mirror:
                     outcome = "invalid"
                 else:
                     labels = {"stable": job.stable, "candidate": job.candidate}
-                    self.metrics.shadow_comparisons.labels(
-                        result="agree" if result.agree else "disagree", **labels
-                    ).inc()
+                    # counted per row: a batch request compares as many predictions as it has rows
+                    if result.agreeing_rows:
+                        self.metrics.shadow_comparisons.labels(result="agree", **labels).inc(
+                            result.agreeing_rows
+                        )
+                    if result.rows - result.agreeing_rows:
+                        self.metrics.shadow_comparisons.labels(result="disagree", **labels).inc(
+                            result.rows - result.agreeing_rows
+                        )
                     self.metrics.shadow_probability_diff.labels(**labels).observe(
                         result.max_probability_diff
                     )
