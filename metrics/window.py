@@ -1,8 +1,8 @@
 """Per-version statistics over a window: the difference of two cumulative readings.
 
 A reading holds cumulative counters per version (requests, errors, latency histogram buckets,
-shadow outcomes). A window is ``later - earlier``; when a version's counters went down (a restarted
-router), that version counts from zero.
+shadow outcomes). A window is ``later - earlier``; when a version's counters went down (a
+restarted router), that version counts from zero.
 """
 
 from __future__ import annotations
@@ -36,19 +36,21 @@ class VersionCounts:
         total = self.agree + self.disagree
         return self.agree / total if total else None
 
-    def _scalars(self) -> tuple[float, ...]:
-        return (self.requests, self.errors, self.shadow_requests, self.shadow_errors, self.agree,
-                self.disagree)
+    def went_down(self, earlier: VersionCounts) -> bool:
+        """True when any counter is below ``earlier``'s: the version's counters restarted."""
+        scalars = ("requests", "errors", "shadow_requests", "shadow_errors", "agree", "disagree")
+        if any(getattr(self, name) < getattr(earlier, name) for name in scalars):
+            return True
+        pairs = ((self.latency_buckets, earlier.latency_buckets),
+                 (self.shadow_latency_buckets, earlier.shadow_latency_buckets))
+        return any(value < before.get(le, 0.0)
+                   for after, before in pairs for le, value in after.items())
 
     def minus(self, earlier: VersionCounts) -> VersionCounts:
-        # A restart zeroes every counter of the version at once, so one counter that went down
-        # means all of them count from zero (per counter, a restarted one that had already passed
-        # its old value would be mixed with ones that had not: more errors than requests).
-        pairs = [*zip(self._scalars(), earlier._scalars(), strict=True),
-                 *((v, earlier.latency_buckets.get(le, 0.0)) for le, v in self.latency_buckets.items()),
-                 *((v, earlier.shadow_latency_buckets.get(le, 0.0))
-                   for le, v in self.shadow_latency_buckets.items())]
-        if any(a < b for a, b in pairs):
+        if self.went_down(earlier):
+            # A restart zeroes all of a version's counters at once: count every one from zero
+            # (one by one, a restarted counter already past its old value would be mixed with
+            # ones that are not, and a window could hold more errors than requests).
             return replace(self, latency_buckets=dict(self.latency_buckets),
                            shadow_latency_buckets=dict(self.shadow_latency_buckets))
 

@@ -3,7 +3,8 @@
 Every router process runs one controller thread; a lease in the state store makes exactly one of
 them (across processes and router instances) drive a rollout. The rollout itself lives in the
 routing state document (``rollout``), so a restarted router resumes it where it was. Each
-decision is one compare-and-set of the state with an audit event carrying its evidence.
+decision is one compare-and-set of the state with an audit event carrying its evidence and
+the controller that took it.
 
 Phases by plan strategy::
 

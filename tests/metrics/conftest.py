@@ -5,15 +5,13 @@ Their third upstream, v3, refuses connections: requests forced to it fail at the
 
 from __future__ import annotations
 
-import signal
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.router.rollout.live import Admin, redis_state
+from tests.router.rollout.live import Admin, redis_state, shut
 from tests.servers import ServerProcess, free_port, router
 
 
@@ -27,8 +25,14 @@ class Routers:
 
 
 @pytest.fixture(scope="package")
-def routers(v1_service: ServerProcess, v2_service: ServerProcess, log_dir: Path) -> Iterator[Routers]:
-    upstreams = {"v1": v1_service.url, "v2": v2_service.url, "v3": f"http://127.0.0.1:{free_port()}"}
+def routers(
+    v1_service: ServerProcess, v2_service: ServerProcess, log_dir: Path
+) -> Iterator[Routers]:
+    upstreams = {
+        "v1": v1_service.url,
+        "v2": v2_service.url,
+        "v3": f"http://127.0.0.1:{free_port()}",
+    }
     with redis_state("metrics") as state_url:
         started = [router(upstreams, log_dir, state_url) for _ in range(2)]
         try:
@@ -37,9 +41,4 @@ def routers(v1_service: ServerProcess, v2_service: ServerProcess, log_dir: Path)
             yield Routers(*started)
         finally:
             for server in started:
-                server.signal(signal.SIGINT)  # quick shutdown
-                try:
-                    server.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    pass
-                server.stop()
+                shut(server)

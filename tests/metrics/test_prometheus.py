@@ -6,6 +6,7 @@ without it the test skips, unless CI is "true", where it fails.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -19,7 +20,8 @@ import pytest
 import requests
 
 from metrics.sources import PrometheusSource
-from tests.router.rollout.live import Admin, Traffic, metric, scrape
+from metrics.window import VersionCounts
+from tests.router.rollout.live import Admin, Traffic, metric, scrape, shut
 from tests.servers import ServerProcess, free_port, router, wait_until
 
 pytestmark = pytest.mark.slow
@@ -31,17 +33,28 @@ class Prometheus:
     def __init__(self, binary: str, workdir: Path, targets: dict[str, list[str]]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        jobs = "".join(
-            f"  - job_name: {job}\n    static_configs:\n      - targets: [{', '.join(repr(t) for t in hosts)}]\n"
-            for job, hosts in targets.items()
-        )
         config = workdir / "prometheus.yml"
-        config.write_text(f"global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{jobs}")
+        config.write_text(  # JSON is YAML
+            json.dumps(
+                {
+                    "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+                    "scrape_configs": [
+                        {"job_name": job, "static_configs": [{"targets": hosts}]}
+                        for job, hosts in targets.items()
+                    ],
+                }
+            )
+        )
         self._log = open(workdir / "prometheus.log", "wb")
         self.proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         self.workdir = workdir
 
@@ -62,7 +75,21 @@ class Prometheus:
         return list(body["data"]["result"])
 
     def by_version(self, promql: str) -> dict[str, float]:
-        return {s["metric"]["version"]: float(s["value"][1]) for s in self.query(promql)}
+        return {r["metric"]["version"]: float(r["value"][1]) for r in self.query(promql)}
+
+    def every_target_up(self, count: int) -> bool:
+        targets = requests.get(self.url + "/api/v1/targets", timeout=5).json()
+        return [t["health"] for t in targets["data"]["activeTargets"]] == ["up"] * count
+
+    def wait_for_versions(self, promql: str, versions: set[str]) -> dict[str, float]:
+        """``promql``'s value per version once every one of ``versions`` has a number."""
+
+        def answered() -> dict[str, float] | None:
+            values = self.by_version(promql)
+            complete = set(values) == versions and not any(math.isnan(v) for v in values.values())
+            return values if complete else None
+
+        return wait_until(answered, 30, interval=0.5)  # type: ignore[no-any-return]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -87,50 +114,69 @@ def prometheus_binary() -> str:
 
 
 @pytest.fixture(scope="module")
-def scraped_stack(prometheus_binary: str, v1_service: ServerProcess, v2_service: ServerProcess,
-                  log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Prometheus]]:
+def scraped_stack(
+    prometheus_binary: str,
+    v1_service: ServerProcess,
+    v2_service: ServerProcess,
+    log_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ServerProcess, Prometheus]]:
     workdir = tmp_path_factory.mktemp("prometheus")
-    server = router({"v1": v1_service.url, "v2": v2_service.url}, log_dir, f"sqlite:///{workdir / 'state.db'}")
-    host = lambda s: s.url.removeprefix("http://")  # noqa: E731
-    prometheus = Prometheus(prometheus_binary, workdir,
-                            {"router": [host(server)], "model": [host(v1_service), host(v2_service)]})
+    server = router(
+        {"v1": v1_service.url, "v2": v2_service.url}, log_dir, f"sqlite:///{workdir / 'state.db'}"
+    )
+
+    def host(server: ServerProcess) -> str:
+        return server.url.removeprefix("http://")
+
+    prometheus = Prometheus(
+        prometheus_binary,
+        workdir,
+        {"router": [host(server)], "model": [host(v1_service), host(v2_service)]},
+    )
     try:
         server.wait_ready()
         prometheus.wait_ready()
         yield server, prometheus
     finally:
         prometheus.stop()
-        server.stop()
+        shut(server)
+
+
+RATE = "sum by (version) (rate(router_requests_total[15s]))"
+P99 = (
+    "histogram_quantile(0.99, "
+    "sum by (le, version) (rate(router_request_duration_seconds_bucket[15s])))"
+)
 
 
 def test_prometheus_reads_per_version_rate_latency_and_counts(
-    scraped_stack: tuple[ServerProcess, Prometheus], v1_service: ServerProcess, v2_service: ServerProcess
+    scraped_stack: tuple[ServerProcess, Prometheus],
+    v1_service: ServerProcess,
+    v2_service: ServerProcess,
 ) -> None:
     server, prometheus = scraped_stack
-    wait_until(lambda: [t["health"] for t in requests.get(prometheus.url + "/api/v1/targets", timeout=5)
-                        .json()["data"]["activeTargets"]] == ["up"] * 3, 30, interval=0.2)
-    Admin(server.url).call("PATCH", "/admin/state", json={"strategy": "canary", "canary_weight": 50})
+    wait_until(lambda: prometheus.every_target_up(3), 30, interval=0.2)
+    Admin(server.url).call(
+        "PATCH", "/admin/state", json={"strategy": "canary", "canary_weight": 50}
+    )
 
-    rate = "sum by (version) (rate(router_requests_total[15s]))"
-    p99 = "histogram_quantile(0.99, sum by (le, version) (rate(router_request_duration_seconds_bucket[15s])))"
     with Traffic(server.url, threads=3) as traffic:
         started = time.time()
-        rates = wait_until(lambda: (r := prometheus.by_version(rate)) and set(r) == {"v1", "v2"}
-                           and all(v > 0 for v in r.values()) and r, 30, interval=0.5)
-        quantiles = wait_until(lambda: (q := prometheus.by_version(p99)) and set(q) == {"v1", "v2"}
-                               and not any(math.isnan(v) for v in q.values()) and q, 30, interval=0.5)
+        rates = prometheus.wait_for_versions(RATE, {"v1", "v2"})
+        quantiles = prometheus.wait_for_versions(P99, {"v1", "v2"})
     elapsed = time.time() - started
-    sent = {v: sum(1 for s in traffic.sent if s.version == v and s.status == 200) for v in ("v1", "v2")}
-    assert sum(1 for s in traffic.sent if s.status != 200) == 0
+    assert {s.status for s in traffic.sent} == {200}
+    sent = {v: sum(1 for s in traffic.sent if s.version == v) for v in ("v1", "v2")}
 
     for version in ("v1", "v2"):
-        # a per-second rate no higher than everything sent at once, and no lower than a trickle
+        # per second: more than nothing, less than everything sent within one second
         assert 0 < rates[version] <= sent[version] / min(elapsed, 1.0)
         assert 0.001 <= quantiles[version] <= 10.0  # inside the histogram's resolved range
     assert 0.5 <= rates["v1"] / rates["v2"] <= 2.0  # a 50 % canary: comparable rates
 
-    # totals: Prometheus catches up with what was sent within a few scrapes
-    def caught_up() -> dict[str, Any] | None:
+    # totals: PrometheusSource catches up with what was sent within a few scrapes
+    def caught_up() -> dict[str, VersionCounts] | None:
         reading = PrometheusSource(prometheus.url).read()
         counts = {v: reading[v].requests for v in ("v1", "v2") if v in reading}
         return reading if counts == sent else None
@@ -140,8 +186,12 @@ def test_prometheus_reads_per_version_rate_latency_and_counts(
         assert reading[version].errors == 0
         assert reading[version].latency_buckets[float("inf")] == sent[version]
 
-    # the model services' own metrics arrive too, equal to what they expose themselves
+    # the model services' own metrics arrive too, as they expose them
     for service, version in ((v1_service, "v1"), (v2_service, "v2")):
         exposed = metric(scrape(service.url), "model_requests_total", version=version)
-        wait_until(lambda: prometheus.by_version("sum by (version) (model_requests_total)").get(version)
-                   == exposed, 15, interval=0.5)
+        query = "sum by (version) (model_requests_total)"
+        wait_until(
+            lambda v=version, n=exposed, q=query: prometheus.by_version(q).get(v) == n,
+            15,
+            interval=0.5,
+        )

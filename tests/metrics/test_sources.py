@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from metrics.sources import reading_from_metrics
 from metrics.window import Reading, window
 from tests.metrics.conftest import Routers
-from tests.router.rollout.live import ROWS, metric, scrape
+from tests.router.rollout.live import ROWS, wait_every_worker_counts
 from tests.servers import wait_until
 
 INF = float("inf")
@@ -21,9 +23,15 @@ def read(url: str) -> Reading:
 
 def send(url: str, version: str, n: int) -> list[int]:
     with requests.Session() as session:
-        return [session.post(url + "/predict", json={"instances": [ROWS[i]]},
-                             headers={"X-Route-To": version}, timeout=10).status_code
-                for i in range(n)]
+        return [
+            session.post(
+                url + "/predict",
+                json={"instances": [ROWS[i]]},
+                headers={"X-Route-To": version},
+                timeout=10,
+            ).status_code
+            for i in range(n)
+        ]
 
 
 def test_requests_errors_and_latency_per_version(routers: Routers) -> None:
@@ -40,24 +48,40 @@ def test_requests_errors_and_latency_per_version(routers: Routers) -> None:
     for version, n in (("v1", 30), ("v2", 20), ("v3", 5)):
         buckets = stats[version].latency_buckets
         assert buckets[INF] == n
-        assert all(buckets[a] <= buckets[b] for a, b in zip(sorted(buckets), sorted(buckets)[1:]))
+        assert all(buckets[a] <= buckets[b] for a, b in pairwise(sorted(buckets)))
 
 
-def test_a_candidate_that_refuses_counts_its_attempts_while_stable_answers(routers: Routers) -> None:
+def test_a_candidate_that_refuses_counts_its_attempts_while_stable_answers(
+    routers: Routers,
+) -> None:
     url = routers.a.url
     admin = routers.admin(routers.a)
-    admin.call("PATCH", "/admin/state", json={"strategy": "canary", "stable": "v1", "candidate": "v3",
-                                              "canary_weight": 100, "shadow_percent": 0})
+    admin.call(
+        "PATCH",
+        "/admin/state",
+        json={
+            "strategy": "canary",
+            "stable": "v1",
+            "candidate": "v3",
+            "canary_weight": 100,
+            "shadow_percent": 0,
+        },
+    )
     try:
-        wait_until(lambda: metric(scrape(url), "router_traffic_weight", version="v3") == 100, 5)
+        wait_every_worker_counts(url, "router_upstream_errors_total", version="v3")
         before = read(url)
         with requests.Session() as session:
-            answered = [session.post(url + "/predict", json={"instances": [ROWS[i]]}, timeout=10)
-                        for i in range(8)]
+            answered = [
+                session.post(url + "/predict", json={"instances": [ROWS[i]]}, timeout=10)
+                for i in range(8)
+            ]
         stats = window(read(url), before)
     finally:
-        admin.call("PATCH", "/admin/state", json={"strategy": "release-in-place", "candidate": "v2",
-                                                  "canary_weight": 0})
+        admin.call(
+            "PATCH",
+            "/admin/state",
+            json={"strategy": "release-in-place", "candidate": "v2", "canary_weight": 0},
+        )
     assert [(r.status_code, r.headers["X-Model-Version"]) for r in answered] == [(200, "v1")] * 8
     assert (stats["v1"].requests, stats["v1"].errors) == (8, 0)
     assert (stats["v3"].requests, stats["v3"].errors) == (8, 8)
@@ -77,11 +101,19 @@ def test_the_admin_analysis_reads_the_same_numbers_as_the_exposition(routers: Ro
 def test_shadow_outcomes_and_agreement(routers: Routers) -> None:
     url = routers.a.url
     admin = routers.admin(routers.a)
-    admin.call("PATCH", "/admin/state", json={"strategy": "shadow", "stable": "v1", "candidate": "v2",
-                                              "shadow_percent": 100, "canary_weight": 0})
+    admin.call(
+        "PATCH",
+        "/admin/state",
+        json={
+            "strategy": "shadow",
+            "stable": "v1",
+            "candidate": "v2",
+            "shadow_percent": 100,
+            "canary_weight": 0,
+        },
+    )
     try:
-        wait_until(lambda: requests.get(url + "/metrics", timeout=10).ok
-                   and metric(scrape(url), "router_traffic_weight", version="v1") == 100, 5)
+        wait_every_worker_counts(url, "router_shadow_requests_total", version="v2")
         before = read(url)
         with requests.Session() as session:
             for i in range(25):
@@ -94,7 +126,9 @@ def test_shadow_outcomes_and_agreement(routers: Routers) -> None:
 
         stats = wait_until(mirrored, 10)
     finally:
-        admin.call("PATCH", "/admin/state", json={"strategy": "release-in-place", "shadow_percent": 0})
+        admin.call(
+            "PATCH", "/admin/state", json={"strategy": "release-in-place", "shadow_percent": 0}
+        )
     v1, v2 = stats["v1"], stats["v2"]
     assert (v1.requests, v2.requests) == (25, 0)
     assert (v2.shadow_requests, v2.shadow_errors) == (25, 0)

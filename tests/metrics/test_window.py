@@ -11,7 +11,9 @@ from metrics.window import DEFAULT_BOUNDS, VersionCounts, bucket_counts, quantil
 INF = float("inf")
 
 
-def cumulative(samples: np.ndarray, bounds: tuple[float, ...] = DEFAULT_BOUNDS) -> dict[float, float]:
+def cumulative(
+    samples: np.ndarray, bounds: tuple[float, ...] = DEFAULT_BOUNDS
+) -> dict[float, float]:
     """The ``le`` buckets a Prometheus histogram with ``bounds`` holds after observing ``samples``."""
     return {le: float(np.count_nonzero(samples <= le)) for le in bounds}
 
@@ -19,15 +21,15 @@ def cumulative(samples: np.ndarray, bounds: tuple[float, ...] = DEFAULT_BOUNDS) 
 def binned_points(samples: np.ndarray, bounds: tuple[float, ...] = DEFAULT_BOUNDS) -> np.ndarray:
     """``samples`` binned like the histogram, each bucket's count spread evenly over its width.
 
-    This is the distribution histogram_quantile assumes (uniform within a bucket); a sample
-    above the last finite bound is placed on that bound, as PromQL does.
+    This is the distribution histogram_quantile assumes (uniform within a bucket); samples above
+    the last finite bound are all placed at twice that bound (PromQL answers the bound itself).
     """
     points: list[float] = []
     lower = 0.0
     for le, count in bucket_counts(cumulative(samples, bounds)):
         n = int(count)
         if le == INF:
-            points.extend([lower] * n)
+            points.extend([2 * lower] * n)
         else:
             points.extend(lower + (le - lower) * (i + 1) / n for i in range(n))
             lower = le
@@ -66,12 +68,14 @@ def test_quantile_matches_numpy_on_the_same_binning(name: str, q: float, n: int)
 
     points = binned_points(samples)
     exact = float(np.percentile(points, q * 100, method="inverted_cdf"))
-    lower, upper = bucket_of(exact if exact < LATENCY_BUCKETS[-1] else INF)
+    lower, upper = bucket_of(exact)
     if upper == INF:  # past the last finite bound: PromQL answers that bound
         assert estimate == LATENCY_BUCKETS[-1]
     else:
         # inverted_cdf takes the next whole sample: at most one spacing of this bucket away
-        spacing = (upper - lower) / max(1.0, float(np.count_nonzero((points > lower) & (points <= upper))))
+        spacing = (upper - lower) / max(
+            1.0, float(np.count_nonzero((points > lower) & (points <= upper)))
+        )
         assert exact - spacing - 1e-12 <= estimate <= exact + 1e-12
 
     # whatever the binning, the estimate lies in the bucket that holds the true sample quantile
@@ -98,13 +102,18 @@ def test_quantile_edge_cases(buckets: dict[float, float], q: float, expected: fl
         assert result == pytest.approx(expected)
 
 
-def counts(requests: float, errors: float, latencies: list[float] | None = None, **extra: float) -> VersionCounts:
+def counts(
+    requests: float, errors: float, latencies: list[float] | None = None, **extra: float
+) -> VersionCounts:
     buckets = cumulative(np.array(latencies or [], dtype=float))
     return VersionCounts(requests=requests, errors=errors, latency_buckets=buckets, **extra)
 
 
 def test_window_is_the_difference_of_two_readings() -> None:
-    earlier = {"v1": counts(100, 2, [0.004] * 100), "v2": counts(10, 0, [0.02] * 10, agree=3, disagree=1)}
+    earlier = {
+        "v1": counts(100, 2, [0.004] * 100),
+        "v2": counts(10, 0, [0.02] * 10, agree=3, disagree=1),
+    }
     later = {
         "v1": counts(250, 5, [0.004] * 200 + [0.3] * 50),
         "v2": counts(40, 1, [0.02] * 40, agree=30, disagree=4),
@@ -116,7 +125,9 @@ def test_window_is_the_difference_of_two_readings() -> None:
         (le, 100.0 if le == 0.005 else 50.0 if le == 0.5 else 0.0) for le in DEFAULT_BOUNDS
     ]
     assert (stats["v2"].requests, stats["v2"].agree, stats["v2"].disagree) == (30, 27, 3)
-    assert stats["v3"].requests == 7 and stats["v3"].error_rate == 1.0  # new since the first reading
+    assert (
+        stats["v3"].requests == 7 and stats["v3"].error_rate == 1.0
+    )  # new since the first reading
     assert window(later, None) is later
 
 

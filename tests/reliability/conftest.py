@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
+from tests.reliability.tools import Router
 from tests.router.conftest import skip_or_fail
 from tests.router.helpers import ADMIN_TOKEN, FakeUpstream, RedisProcess
-from tests.reliability.tools import Router
 from tests.servers import ServerProcess, free_port, model_service, router
 
 ACTIVE = ("running", "paused", "awaiting_promotion")
@@ -63,7 +63,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def scenario(request: pytest.FixtureRequest) -> Row:
     """This test's row of the summary table (from its ``scenario`` marker)."""
     marker = request.node.get_closest_marker("scenario")
-    assert marker is not None, "a reliability test names its scenario: @pytest.mark.scenario(n, title)"
+    assert marker is not None, "name the scenario: @pytest.mark.scenario(number, title)"
     number, title = marker.args
     callspec = getattr(request.node, "callspec", None)
     label = f"{number} ({callspec.id})" if callspec is not None else str(number)
@@ -179,7 +179,7 @@ class Launcher:
 
     def router(self, upstreams: Mapping[str, str], state_url: str | None = None,
                token: str | None = ADMIN_TOKEN, **env: str) -> ServerProcess:
-        """A router, starting (call ``wait_ready``); SQLite state in the test's folder by default."""
+        """A router, starting (call ``wait_ready``); by default SQLite state of its own."""
         url = state_url or f"sqlite:///{self.tmp_path / f'router-{len(self.started)}.db'}"
         server = router(upstreams, self.log_dir, url, token=token, **env)
         self.started.append(server)

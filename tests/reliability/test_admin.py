@@ -171,9 +171,10 @@ def test_invalid_changes_are_refused_and_change_nothing(gateway: Gateway, scenar
     after = protected(gateway)
 
     accepted = {name: answer for name, answer in answers.items() if not 400 <= answer[0] < 500}
+    statuses = ", ".join(sorted({str(status) for status, _ in answers.values()}))
     scenario.record(len(answers), len(accepted) + (after != before),
-                    f"{len(answers) - len(accepted)} refused with 4xx "
-                    f"({', '.join(sorted({str(s) for s, _ in answers.values()}))}); state unchanged")
+                    f"{len(answers) - len(accepted)} refused with 4xx ({statuses}); "
+                    f"state {'unchanged' if after == before else 'CHANGED'}")
     assert not accepted, f"not refused: {accepted}"
     assert after[0]["config_version"] == before[0]["config_version"]
     assert after == before

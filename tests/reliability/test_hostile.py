@@ -155,7 +155,8 @@ def test_hop_by_hop_credentials_and_spoofed_forwarded_for_stop_at_the_router(
         received = forwarded_headers(fakes, gateway.url, [*HOP_BY_HOP, ("X-End-To-End", "kept")],
                                      chunked)
         sent += 1
-        leaks += [f"{n}: {v}" for n, v in received if n in NEVER_FORWARDED or n.startswith("proxy-")]
+        leaks += [f"{n}: {v}" for n, v in received
+                  if n in NEVER_FORWARDED or n.startswith("proxy-")]
         assert ("x-end-to-end", "kept") in received
 
     spoofed = [("X-Forwarded-For", "203.0.113.66")]

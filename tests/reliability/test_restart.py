@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -75,7 +74,7 @@ def metric_files(folder: Path) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.scenario("13b", "metrics folder bounded across worker restarts (GUNICORN_MAX_REQUESTS)")
+@pytest.mark.scenario("13b", "metrics folder bounded while workers restart (max requests 50)")
 def test_metrics_folder_stays_bounded_while_workers_restart(
     launch: Launcher, v1_service: ServerProcess, tmp_path: Path, scenario: Row
 ) -> None:
@@ -113,10 +112,11 @@ def test_metrics_folder_stays_bounded_while_workers_restart(
     failed = [a for a in answers if a.status != 200]
     live_files = sum(len(names) for owner, names in owners.items() if owner != "archive")
     scenario.record(len(answers), len(failed) + int(len(answers) - counted),
-                    f"{len(workers_seen)} worker processes in all; {live_files} live files + "
+                    f"{len(workers_seen) - 2} worker restarts; {live_files} live files + "
                     f"{len(owners.get('archive', []))} archives; {counted:.0f} requests counted")
     assert not failed, failed[:3]
-    assert len(workers_seen) > 2 + 1000 // 50 // 2, "workers were not restarted"
+    assert len(workers_seen) >= 3, "no worker was restarted"
+    # what is left: the files of at most the two live workers, and one archive per counter type
+    assert len(owners) - 1 <= 2
     assert sorted(owners["archive"]) == ["counter_archive.db", "histogram_archive.db"]
-    assert live_files <= len(owners) * max(len(names) for names in owners.values())
     assert counted == len(answers)

@@ -36,7 +36,8 @@ def test_sigterm_lets_every_accepted_request_finish(
     if target == "router":
         server = launch.router({"v1": slow_v1.url}, WEB_CONCURRENCY="1")
     else:
-        server = launch.service("v1", WEB_CONCURRENCY="1", FAULT_LATENCY_MS=str(int(LATENCY_S * 1000)))
+        server = launch.service("v1", WEB_CONCURRENCY="1",
+                                FAULT_LATENCY_MS=str(int(LATENCY_S * 1000)))
     server.wait_ready(60)
 
     with Load(server.url, threads=6) as load:

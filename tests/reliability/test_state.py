@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -15,10 +16,8 @@ PROPAGATION_S = 1.0
 SLACK_S = 0.5
 
 
-def answered_by(url: str, version: str, n: int = 20) -> list[str]:
-    """Problems with ``n`` requests that should all be answered by ``version`` (none: empty)."""
-    return [f"{a.status} {a.version} {a.error}" for a in post_many(url, [{}] * n, threads=2)
-            if (a.status, a.version) != (200, version)]
+def state_of(url: str) -> dict[str, Any]:
+    return admin("GET", url, "/admin/state").json()  # type: ignore[no-any-return]
 
 
 @pytest.mark.slow
@@ -32,47 +31,50 @@ def test_two_routers_share_state_through_a_redis_outage(
     routing on the last state and refuse admin writes with 503; when Redis is back, empty, both
     recover without a restart."""
     models = {"v1": v1_service.url, "v2": v2_service.url}
-    state_url = f"redis://127.0.0.1:{private_redis.port}/0?prefix=reliability-{uuid.uuid4().hex[:8]}:"
+    prefix = f"reliability-{uuid.uuid4().hex[:8]}:"
+    state_url = f"redis://127.0.0.1:{private_redis.port}/0?prefix={prefix}"
     a, b = (launch.router(models, state_url=state_url, ROUTER_STRATEGY="blue-green",
                           WEB_CONCURRENCY="1") for _ in range(2))
     a.wait_ready(60), b.wait_ready(60)
+    sent: list[int] = []
     problems: list[str] = []
-    sent = 0
 
-    resp = admin("POST", a.url, "/admin/promote", json={"reason": "switch through router a"})
+    def expect(url: str, version: str, n: int = 20) -> None:
+        """``n`` requests, each to be answered by ``version``."""
+        answers = post_many(url, [{}] * n, threads=2)
+        sent.append(n)
+        problems.extend(f"{url}: {a.status} {a.version} {a.error}" for a in answers
+                        if (a.status, a.version) != (200, version))
+
+    def write(url: str, path: str, body: dict[str, object], status: int, code: str = "") -> None:
+        resp = admin("PATCH" if path == "/admin/state" else "POST", url, path, json=body)
+        sent.append(1)
+        if resp.status_code != status or (code and error_of(resp)["code"] != code):
+            problems.append(f"{path} through {url}: {resp.status_code} {resp.text}")
+
+    write(a.url, "/admin/promote", {"reason": "switch through router a"}, 200)
     changed = time.monotonic()
-    assert resp.status_code == 200, resp.text
     while predict(b.url).version != "v2":
-        sent += 1
+        sent.append(1)
         assert time.monotonic() - changed < 10, "router b never followed"
     propagated = time.monotonic() - changed
-    problems += answered_by(b.url, "v2")
-    sent += 21
+    expect(b.url, "v2")
 
     private_redis.kill()
-    time.sleep(1)  # both routers have noticed: several state refreshes failed
+    time.sleep(1)  # several state refreshes have failed on both routers
     for server in (a, b):
-        problems += answered_by(server.url, "v2")
-        refused = admin("PATCH", server.url, "/admin/state", json={"shadow_percent": 5})
-        sent += 21
-        if refused.status_code != 503 or error_of(refused)["code"] != "state_store_unavailable":
-            problems.append(f"write during the outage: {refused.status_code} {refused.text}")
+        expect(server.url, "v2")
+        write(server.url, "/admin/state", {"shadow_percent": 5}, 503, "state_store_unavailable")
 
-    private_redis.start()  # the same port, no data: the routers re-seed it with their last state
+    private_redis.start()  # the same port, no data: the routers seed it with their last state
     for server in (a, b):
-        wait_until(lambda s=server: admin("GET", s.url, "/admin/state").json()["store"]["reachable"],
-                   timeout=10)
-        problems += answered_by(server.url, "v2")
-        sent += 21
-    resp = admin("POST", b.url, "/admin/rollback", json={"reason": "written through b after the outage"})
-    sent += 1
-    if resp.status_code != 200:
-        problems.append(f"write after the outage: {resp.status_code} {resp.text}")
+        wait_until(lambda url=server.url: state_of(url)["store"]["reachable"], timeout=10)
+        expect(server.url, "v2")
+    write(b.url, "/admin/rollback", {"reason": "written through b after the outage"}, 200)
     wait_until(lambda: predict(a.url).version == "v1", timeout=PROPAGATION_S + 4)
-    problems += answered_by(a.url, "v1")
-    sent += 20
+    expect(a.url, "v1")
 
-    scenario.record(sent, len(problems),
+    scenario.record(sum(sent), len(problems),
                     f"propagated in {propagated:.2f} s; routed through the outage; recovered")
     assert propagated < PROPAGATION_S + SLACK_S
     assert not problems, problems

@@ -95,5 +95,5 @@ def test_canary_share_and_sticky_users(gateway: Router, scenario: Row) -> None:
     assert all(a.json()["model_version"] == a.version for a in answers[:500])
     assert low <= counts["v2"] <= high, f"{counts['v2']} of 10000 outside [{low}, {high}]"
     assert not unsteady, f"users changed version at a fixed weight: {unsteady[:5]}"
-    assert not moved_back, f"users moved from the candidate back to stable: {sorted(moved_back)[:5]}"
+    assert not moved_back, f"moved from the candidate back to stable: {sorted(moved_back)[:5]}"
     assert 0 < len(cohorts[0]) < len(cohorts[1]) < len(cohorts[2])

@@ -182,7 +182,8 @@ class Router:
         return self.call("PATCH", "/admin/state", json=fields)  # type: ignore[no-any-return]
 
     def events(self) -> list[dict[str, Any]]:
-        return self.call("GET", "/admin/events", params={"limit": 1000})["events"]  # type: ignore[no-any-return]
+        events = self.call("GET", "/admin/events", params={"limit": 1000})["events"]
+        return events  # type: ignore[no-any-return]
 
     def rollout(self) -> dict[str, Any] | None:
         return self.call("GET", "/admin/rollout")["rollout"]  # type: ignore[no-any-return]

@@ -220,6 +220,9 @@ def transition(url: str, action: str, **body: Any) -> dict[str, Any]:
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    # A handler waiting for the next request on a router's idle keep-alive connection must
+    # not hold up stop().
+    block_on_close = False
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client (the router) giving up on a slow answer is expected here
@@ -345,8 +348,9 @@ def kill_tree(pid: int) -> list[int]:
 
 def remove_runtime_dirs(pids: Iterable[int]) -> None:
     """Delete the runtime folders of killed servers, which never got to remove them themselves."""
+    temp = Path(tempfile.gettempdir())
     for pid in pids:
-        for metrics_file in Path(tempfile.gettempdir()).glob(f"model-router-*/prometheus/*_{pid}.db"):
+        for metrics_file in temp.glob(f"model-router-*/prometheus/*_{pid}.db"):
             shutil.rmtree(metrics_file.parent.parent, ignore_errors=True)
 
 

@@ -87,8 +87,8 @@ def test_token_in_the_query_string_is_refused(
     admin_router: ServerProcess, method: str, path: str, body: Any, param: str
 ) -> None:
     before = snapshot(admin_router.url)
-    resp = requests.request(method, admin_router.url + path, params={param: ADMIN_TOKEN}, json=body,
-                            timeout=10)
+    resp = requests.request(method, admin_router.url + path, params={param: ADMIN_TOKEN},
+                            json=body, timeout=10)
     assert resp.status_code == 401
     error_of(resp)
     assert snapshot(admin_router.url) == before

@@ -74,11 +74,15 @@ def test_two_routers_on_one_redis_converge_within_a_second(
 def test_routing_continues_through_a_redis_outage_and_recovers(
     start_router: StartRouter, models: dict[str, str], private_redis: RedisProcess
 ) -> None:
+    # One worker: with two, the second one may rightly keep an older state when Redis goes
+    # away before its next refresh, which would blur what this test checks.
     r = start_router(models, state_url=f"redis://127.0.0.1:{private_redis.port}/0",
-                     ROUTER_STRATEGY="blue-green")
-    change(r.url, stable="v2", candidate="v1")
-    wait_until(lambda: all_answered_by(r.url, "v2"), timeout=1.5)
-    version = state(r.url)["config_version"]
+                     ROUTER_STRATEGY="blue-green", WEB_CONCURRENCY="1")
+    change(r.url, strategy="canary", canary_weight=10)
+    change(r.url, strategy="blue-green", canary_weight=0)
+    version = change(r.url, stable="v2", candidate="v1")["config_version"]
+    assert version == 4  # higher than any version the emptied Redis will count up to below
+    assert_answered_by(post_many(r.url, [{}] * 20), "v2")
 
     private_redis.kill()
     assert_answered_by(post_many(r.url, [{}] * 40), "v2")  # routing on the last state it saw
@@ -105,6 +109,5 @@ def test_routing_continues_through_a_redis_outage_and_recovers(
 
     accepted = wait_until(switch_back, timeout=5)
     assert (accepted["stable"], accepted["candidate"]) == ("v1", "v2")
-    wait_until(lambda: all_answered_by(r.url, "v1"), timeout=1.5)
     assert state(r.url)["stable"] == "v1"
     assert_answered_by(post_many(r.url, [{}] * 40), "v1")

@@ -7,44 +7,31 @@ upstreams or state start their own with ``start_router`` and ``start_service``.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.router.rollout.live import ACTIVE, Admin, redis_state, wait_all_answered_by
+from tests.router.rollout.live import (
+    ACTIVE,
+    Admin,
+    Stack,
+    StartRouter,
+    StartService,
+    redis_state,
+    shut,
+    wait_all_answered_by,
+)
 from tests.servers import ServerProcess, model_service, router
-
-StartRouter = Callable[..., ServerProcess]
-StartService = Callable[..., ServerProcess]
-
-
-def shut(server: ServerProcess) -> None:
-    """Stop a server quickly (SIGINT: gunicorn's quick shutdown), by its PID."""
-    server.signal(signal.SIGINT)
-    try:
-        server.proc.wait(10)
-    except subprocess.TimeoutExpired:
-        pass
-    server.stop()
-
-
-@dataclass
-class Stack:
-    router: ServerProcess
-    admin: Admin
-
-    @property
-    def url(self) -> str:
-        return self.router.url
 
 
 @pytest.fixture(scope="package")
-def _shared_stack(v1_service: ServerProcess, v2_service: ServerProcess, log_dir: Path,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def _shared_stack(
+    v1_service: ServerProcess,
+    v2_service: ServerProcess,
+    log_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
     state = tmp_path_factory.mktemp("shared-router") / "state.db"
     server = router({"v1": v1_service.url, "v2": v2_service.url}, log_dir, f"sqlite:///{state}")
     try:
@@ -61,19 +48,33 @@ def shared(_shared_stack: Stack) -> Stack:
     rollout = admin.rollout()
     if rollout and rollout["status"] in ACTIVE:
         admin.call("POST", "/admin/rollback", json={"reason": "reset between tests"})
-    admin.call("PATCH", "/admin/state", json={"strategy": "canary", "stable": "v1", "candidate": "v2",
-                                              "canary_weight": 0, "shadow_percent": 0})
+    admin.call(
+        "PATCH",
+        "/admin/state",
+        json={
+            "strategy": "canary",
+            "stable": "v1",
+            "candidate": "v2",
+            "canary_weight": 0,
+            "shadow_percent": 0,
+        },
+    )
     wait_all_answered_by(_shared_stack.url, "v1")  # every worker has seen the reset
     return _shared_stack
 
 
 @pytest.fixture
 def start_router(log_dir: Path, tmp_path: Path) -> Iterator[StartRouter]:
-    """``start_router(upstreams, state_url=None, wait=True, **env)``: a router (SQLite state by default)."""
+    """``start_router(upstreams, state_url=None, wait=True, **env)``: a router of this test's own.
+
+    Without ``state_url`` it keeps its state in a SQLite file of the test's (the same file for
+    every router the test starts that way).
+    """
     started: list[ServerProcess] = []
 
-    def start(upstreams: dict[str, str], state_url: str | None = None, wait: bool = True,
-              **env: str) -> ServerProcess:
+    def start(
+        upstreams: dict[str, str], state_url: str | None = None, wait: bool = True, **env: str
+    ) -> ServerProcess:
         url = state_url or f"sqlite:///{tmp_path / 'router-state.db'}"
         server = router(upstreams, log_dir, url, **env)
         started.append(server)
@@ -99,7 +100,9 @@ def start_service(artifacts: Path, log_dir: Path) -> Iterator[StartService]:
     """
     started: list[ServerProcess] = []
 
-    def start(version: str, root: Path | None = None, wait: bool = True, **env: str) -> ServerProcess:
+    def start(
+        version: str, root: Path | None = None, wait: bool = True, **env: str
+    ) -> ServerProcess:
         server = model_service(version, root or artifacts, log_dir, **env)
         started.append(server)
         return server.wait_ready() if wait else server

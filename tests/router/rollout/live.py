@@ -1,12 +1,14 @@
 """Helpers for whole rollouts against real servers: client traffic, the admin API, /metrics.
 
-    >>> with Traffic(router.url) as traffic:          # doctest: +SKIP
-    ...     rollout = Admin(router.url).start({"strategy": "canary", ...})
+>>> with Traffic(router.url) as traffic:          # doctest: +SKIP
+...     rollout = Admin(router.url).start({"strategy": "canary", ...})
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -22,13 +24,27 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer
 
-from tests.servers import wait_until
+from tests.servers import ServerProcess, wait_until
 
 TOKEN = "admin-secret"
 REDIS_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/13")
 ROWS: list[list[float]] = load_breast_cancer().data.tolist()
 DONE = ("promoted", "rolled_back", "aborted")
 ACTIVE = ("running", "paused", "awaiting_promotion")
+
+
+StartRouter = Callable[..., ServerProcess]
+StartService = Callable[..., ServerProcess]
+
+
+def shut(server: ServerProcess) -> None:
+    """Stop a server quickly (SIGINT: gunicorn's quick shutdown), by its PID."""
+    server.signal(signal.SIGINT)
+    try:
+        server.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+    server.stop()
 
 
 @dataclass(frozen=True)
@@ -44,15 +60,22 @@ class Sent:
 class Traffic:
     """Client traffic: a few threads, each with its own keep-alive session, until stopped."""
 
-    def __init__(self, url: str, threads: int = 4, rows: list[list[float]] = ROWS,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        threads: int = 4,
+        rows: list[list[float]] = ROWS,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.url = url
         self.rows = rows
         self.headers = headers or {}
         self.sent: list[Sent] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)
+        ]
 
     def __enter__(self) -> Traffic:
         for thread in self._threads:
@@ -74,11 +97,19 @@ class Traffic:
                 row = self.rows[i % len(self.rows)]
                 i += len(self._threads)
                 try:
-                    resp = session.post(self.url + "/predict", json={"instances": [row]},
-                                        headers=self.headers, timeout=10)
+                    resp = session.post(
+                        self.url + "/predict",
+                        json={"instances": [row]},
+                        headers=self.headers,
+                        timeout=10,
+                    )
                     body = resp.json() if resp.status_code == 200 else {}
-                    sent = Sent(time.time(), resp.status_code, resp.headers.get("X-Model-Version"),
-                                body.get("model_version"))
+                    sent = Sent(
+                        time.time(),
+                        resp.status_code,
+                        resp.headers.get("X-Model-Version"),
+                        body.get("model_version"),
+                    )
                 except requests.RequestException:
                     sent = Sent(time.time(), 0, None, None)
                     time.sleep(0.05)
@@ -93,8 +124,10 @@ class Traffic:
 def predict(url: str, n: int) -> list[requests.Response]:
     """``n`` sequential predictions, one breast-cancer row each."""
     with requests.Session() as session:
-        return [session.post(url + "/predict", json={"instances": [ROWS[i % len(ROWS)]]}, timeout=10)
-                for i in range(n)]
+        return [
+            session.post(url + "/predict", json={"instances": [ROWS[i % len(ROWS)]]}, timeout=10)
+            for i in range(n)
+        ]
 
 
 def wait_all_answered_by(url: str, version: str) -> None:
@@ -102,9 +135,14 @@ def wait_all_answered_by(url: str, version: str) -> None:
 
     Each request takes a new connection, so the router's workers all get some.
     """
+
     def answered_by(i: int) -> str | None:
-        resp = requests.post(url + "/predict", json={"instances": [ROWS[i]]}, timeout=10,
-                             headers={"Connection": "close"})
+        resp = requests.post(
+            url + "/predict",
+            json={"instances": [ROWS[i]]},
+            timeout=10,
+            headers={"Connection": "close"},
+        )
         return resp.headers.get("X-Model-Version")
 
     def batch() -> bool:
@@ -112,6 +150,34 @@ def wait_all_answered_by(url: str, version: str) -> None:
             return set(pool.map(answered_by, range(24))) == {version}
 
     wait_until(lambda: batch() and batch(), 10)
+
+
+def wait_every_worker_counts(url: str, name: str, timeout: float = 20, **labels: str) -> None:
+    """Until a state change has reached every worker: each request of a batch on new connections
+    (so on every worker) adds one to the metric ``name`` with ``labels`` (a mirrored copy, say)."""
+
+    def send(i: int) -> None:
+        requests.post(
+            url + "/predict",
+            json={"instances": [ROWS[i]]},
+            timeout=10,
+            headers={"Connection": "close"},
+        )
+
+    def counted() -> float:
+        return metric(scrape(url), name, **labels)
+
+    def batch_counted() -> bool:
+        start = counted()
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(send, range(16)))
+        try:
+            wait_until(lambda: counted() - start >= 16, 3)
+        except TimeoutError:
+            return False
+        return True
+
+    wait_until(batch_counted, timeout)
 
 
 class Admin:
@@ -143,10 +209,13 @@ class Admin:
         """The audit events since the latest rollout started, that start included."""
         events = self.events()
         starts = [i for i, e in enumerate(events) if e["action"] == "rollout.start"]
-        return events[starts[-1]:] if starts else []
+        return events[starts[-1] :] if starts else []
 
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60) -> dict[str, Any]:
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60
+    ) -> dict[str, Any]:
         """Poll GET /admin/rollout until ``predicate(rollout)``; returns that rollout."""
+
         def check() -> dict[str, Any] | None:
             rollout = self.rollout()
             return rollout if rollout and predicate(rollout) else None
@@ -158,6 +227,18 @@ class Admin:
 
     def wait_done(self, timeout: float = 60) -> dict[str, Any]:
         return self.wait_for(lambda r: r["status"] in DONE, timeout)
+
+
+@dataclass
+class Stack:
+    """A router and its admin API."""
+
+    router: ServerProcess
+    admin: Admin
+
+    @property
+    def url(self) -> str:
+        return self.router.url
 
 
 def judged(rollout: dict[str, Any]) -> list[dict[str, Any]]:
@@ -173,12 +254,16 @@ def check_named(decision: dict[str, Any], name: str) -> dict[str, Any]:
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Every sample of ``url``/metrics: (name, labels) -> value."""
     text = requests.get(url + "/metrics", timeout=10).text
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
-def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
-           **labels: str) -> float:
+def metric(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     wanted = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)

@@ -6,8 +6,7 @@ import time
 
 import pytest
 
-from tests.router.rollout.conftest import Stack
-from tests.router.rollout.live import Traffic, check_named, judged
+from tests.router.rollout.live import Stack, Traffic, check_named, judged
 
 pytestmark = pytest.mark.slow
 
@@ -15,12 +14,18 @@ PROPAGATION_S = 0.5
 
 # Before and after a switch are different minutes on a shared machine: the bake's latency limit is
 # wide, so that only a broken colour (not a busy neighbour) switches back.
-PLAN = {"strategy": "blue-green", "interval_s": 1, "min_requests": 30, "thresholds": {"max_p99_ratio": 5}}
+PLAN = {
+    "strategy": "blue-green",
+    "interval_s": 1,
+    "min_requests": 30,
+    "thresholds": {"max_p99_ratio": 5},
+}
 
 
 @pytest.mark.parametrize("preview", [False, True], ids=["switch", "preview-then-switch"])
-def test_blue_green_switches_after_the_reference_window_and_completes_the_bake(shared: Stack,
-                                                                               preview: bool) -> None:
+def test_blue_green_switches_after_the_reference_window_and_completes_the_bake(
+    shared: Stack, preview: bool
+) -> None:
     router, admin = shared.router, shared.admin
     with Traffic(router.url) as traffic:
         started = time.time()
@@ -42,7 +47,11 @@ def test_blue_green_switches_after_the_reference_window_and_completes_the_bake(s
 
     state = admin.state()
     assert (state["strategy"], state["stable"], state["candidate"], state["previous_stable"]) == (
-        "blue-green", "v2", "v1", "v1")
+        "blue-green",
+        "v2",
+        "v1",
+        "v1",
+    )
     assert state["weights"] == {"v1": 0, "v2": 100}
 
     # one colour at a time: v1 answered everything before the switch, v2 everything after it

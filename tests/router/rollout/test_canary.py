@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 import time
+from itertools import pairwise
 from typing import Any
 
 import pytest
 
-from tests.router.rollout.conftest import Stack, StartRouter, StartService
 from tests.router.rollout.live import (
     Admin,
     Sent,
+    Stack,
+    StartRouter,
+    StartService,
     Traffic,
     check_named,
     judged,
@@ -21,7 +24,6 @@ from tests.router.rollout.live import (
     share,
     wait_all_answered_by,
 )
-from tests.servers import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -50,15 +52,25 @@ def test_a_good_candidate_is_promoted_through_every_step(shared: Stack) -> None:
     with Traffic(router.url) as traffic:
         started = time.time()
         state = admin.start(plan)
-        assert (state["strategy"], state["canary_weight"], state["weights"]) == ("canary", 10, {"v1": 90, "v2": 10})
+        assert (state["strategy"], state["canary_weight"], state["weights"]) == (
+            "canary",
+            10,
+            {"v1": 90, "v2": 10},
+        )
         rollout = admin.wait_done()
     assert rollout["status"] == "promoted"
     state = admin.state()
-    assert (state["stable"], state["candidate"], state["weights"]) == ("v2", "v1", {"v1": 0, "v2": 100})
+    assert (state["stable"], state["candidate"], state["weights"]) == (
+        "v2",
+        "v1",
+        {"v1": 0, "v2": 100},
+    )
 
     decisions = judged(rollout)
     assert [(d["action"], d["step"], d["decision"]) for d in decisions] == [
-        ("advance", 0, "pass"), ("promote", 1, "pass")]
+        ("advance", 0, "pass"),
+        ("promote", 1, "pass"),
+    ]
     for d in decisions:
         assert d["samples"]["stable_requests"] >= 30 and d["samples"]["candidate_requests"] >= 30
         errors, latency = check_named(d, "error_rate_increase"), check_named(d, "latency_p99_ratio")
@@ -78,7 +90,10 @@ def test_a_good_candidate_is_promoted_through_every_step(shared: Stack) -> None:
     # every decision is an audit event carrying its evidence
     events = admin.rollout_events()
     assert [e["action"] for e in events if e["action"] != "rollout.wait"] == [
-        "rollout.start", "rollout.advance", "rollout.promote"]
+        "rollout.start",
+        "rollout.advance",
+        "rollout.promote",
+    ]
     by_action = {e["action"]: e for e in events}
     assert by_action["rollout.advance"]["new"]["canary_weight"] == 50
     assert by_action["rollout.promote"]["new"]["stable"] == "v2"
@@ -100,8 +115,12 @@ def test_a_good_candidate_is_promoted_through_every_step(shared: Stack) -> None:
     ids=["errors", "latency"],
 )
 def test_a_bad_candidate_is_rolled_back_at_its_first_failing_analysis(
-    fault: dict[str, str], steps: list[int], failing_check: str, v1_service: Any,
-    start_service: StartService, start_router: StartRouter,
+    fault: dict[str, str],
+    steps: list[int],
+    failing_check: str,
+    v1_service: Any,
+    start_service: StartService,
+    start_router: StartRouter,
 ) -> None:
     bad_v2 = start_service("v2", wait=False, WEB_CONCURRENCY="1", **fault)
     router = start_router({"v1": v1_service.url, "v2": bad_v2.url})
@@ -122,7 +141,11 @@ def test_a_bad_candidate_is_rolled_back_at_its_first_failing_analysis(
     assert found["value"] > found["threshold"]
 
     state = admin.state()
-    assert (state["stable"], state["canary_weight"], state["weights"]) == ("v1", 0, {"v1": 100, "v2": 0})
+    assert (state["stable"], state["canary_weight"], state["weights"]) == (
+        "v1",
+        0,
+        {"v1": 100, "v2": 0},
+    )
     after = predict(router.url, 50)
     assert all(r.status_code == 200 and r.headers["X-Model-Version"] == "v1" for r in after)
 
@@ -147,7 +170,9 @@ def test_without_traffic_the_rollout_waits_and_pause_resume_abort_work(shared: S
     router, admin = shared.router, shared.admin
     before = scrape(router.url)
     interval = 1.0
-    admin.start({"strategy": "canary", "steps": [10, 50, 100], "interval_s": interval, "min_requests": 20})
+    admin.start(
+        {"strategy": "canary", "steps": [10, 50, 100], "interval_s": interval, "min_requests": 20}
+    )
     rollout = admin.wait_for(lambda r: len(r["decisions"]) >= 3, timeout=30)
     assert rollout["status"] == "running"
     assert {(d["action"], d["decision"]) for d in rollout["decisions"]} == {("wait", "wait")}
@@ -155,14 +180,14 @@ def test_without_traffic_the_rollout_waits_and_pause_resume_abort_work(shared: S
         sample_size = check_named(d, "sample_size")
         assert (sample_size["value"], sample_size["threshold"]) == (0, 20)
     times = [d["time"] for d in rollout["decisions"]]
-    assert all(b - a >= interval * 0.99 for a, b in zip(times, times[1:])), "one verdict per interval"
+    assert all(b - a >= interval * 0.99 for a, b in pairwise(times)), "one verdict per interval"
     assert admin.state()["canary_weight"] == 10
 
     paused = admin.call("POST", "/admin/rollout/pause")["rollout"]
     assert paused["status"] == "paused"
     admin.call("POST", "/admin/rollout/pause", expect=409)
     seen = len(paused["decisions"])
-    time.sleep(2.5 * interval)
+    time.sleep(1.5 * interval)
     rollout = admin.rollout()
     assert rollout["status"] == "paused" and len(rollout["decisions"]) == seen
 
@@ -176,7 +201,7 @@ def test_without_traffic_the_rollout_waits_and_pause_resume_abort_work(shared: S
     assert state["rollout"]["status"] == "aborted"
     assert (state["canary_weight"], state["weights"]) == (0, {"v1": 100, "v2": 0})
     seen = len(state["rollout"]["decisions"])
-    time.sleep(2.5 * interval)
+    time.sleep(1.5 * interval)
     assert len(admin.rollout()["decisions"]) == seen
     actions = [(e["action"], e["actor"]) for e in admin.rollout_events()]
     assert ("rollout.pause", "admin-api") in actions and ("rollout.resume", "admin-api") in actions
@@ -192,8 +217,11 @@ def test_a_good_candidate_raises_no_false_alarm_in_ten_rollouts(shared: Stack) -
     outcomes = []
     with Traffic(router.url):
         for _ in range(10):
-            admin.call("PATCH", "/admin/state",
-                       json={"strategy": "canary", "stable": "v1", "candidate": "v2", "canary_weight": 0})
+            admin.call(
+                "PATCH",
+                "/admin/state",
+                json={"strategy": "canary", "stable": "v1", "candidate": "v2", "canary_weight": 0},
+            )
             admin.start(plan)
             outcomes.append(admin.wait_done())
     failed = [judged(r) for r in outcomes if r["status"] != "promoted"]
@@ -203,15 +231,20 @@ def test_a_good_candidate_raises_no_false_alarm_in_ten_rollouts(shared: Stack) -
 
 def test_manual_promotion_holds_until_resumed(shared: Stack) -> None:
     router, admin = shared.router, shared.admin
-    plan = {"strategy": "canary", "steps": [50, 100], "interval_s": 1, "min_requests": 20,
-            "manual_promotion": True}
+    plan = {
+        "strategy": "canary",
+        "steps": [50, 100],
+        "interval_s": 1,
+        "min_requests": 20,
+        "manual_promotion": True,
+    }
     with Traffic(router.url):
         admin.start(plan)
         rollout = admin.wait_for(lambda r: r["status"] != "running")
         assert rollout["status"] == "awaiting_promotion"
         assert judged(rollout)[-1]["action"] == "await-promotion"
         held = len(rollout["decisions"])
-        time.sleep(2.5)  # several intervals with traffic: still held, nothing decided
+        time.sleep(1.5)  # more than an interval with traffic: still held, nothing decided
         rollout = admin.rollout()
         assert rollout["status"] == "awaiting_promotion" and len(rollout["decisions"]) == held
         state = admin.state()

@@ -77,29 +77,69 @@ def test_the_message_names_the_problem() -> None:
         parse(BAD_PLANS["unknown threshold"])
     with pytest.raises(Unprocessable, match="ending at 100"):
         parse(BAD_PLANS["steps not ending at 100"])
-    with pytest.raises(Unprocessable, match="canary, blue-green, shadow-then-canary, release-in-place"):
+    with pytest.raises(
+        Unprocessable, match="canary, blue-green, shadow-then-canary, release-in-place"
+    ):
         parse(BAD_PLANS["unknown strategy"])
 
 
 GOOD_PLANS = [
-    ({"strategy": "canary"}, {"steps": (10, 25, 50, 100), "interval_s": 30.0, "min_requests": 50,
-                              "max_failed_analyses": 1, "manual_promotion": False}),
-    ({**CANARY, "min_requests": 20, "thresholds": {"max_p99_ratio": 2, "max_error_rate_increase": 0.05}},
-     {"steps": (10, 50, 100), "interval_s": 1, "min_requests": 20,
-      "thresholds": Thresholds(max_p99_ratio=2.0, max_error_rate_increase=0.05)}),
+    (
+        {"strategy": "canary"},
+        {
+            "steps": (10, 25, 50, 100),
+            "interval_s": 30.0,
+            "min_requests": 50,
+            "max_failed_analyses": 1,
+            "manual_promotion": False,
+        },
+    ),
+    (
+        {
+            **CANARY,
+            "min_requests": 20,
+            "thresholds": {"max_p99_ratio": 2, "max_error_rate_increase": 0.05},
+        },
+        {
+            "steps": (10, 50, 100),
+            "interval_s": 1,
+            "min_requests": 20,
+            "thresholds": Thresholds(max_p99_ratio=2.0, max_error_rate_increase=0.05),
+        },
+    ),
     ({"strategy": "canary", "steps": [100]}, {"steps": (100,)}),
-    ({"strategy": "canary", "steps": [1, 2, 3, 100], "interval_s": 0.5, "manual_promotion": True},
-     {"steps": (1, 2, 3, 100), "interval_s": 0.5, "manual_promotion": True}),
-    ({"strategy": "shadow-then-canary", "shadow_percent": 25, "thresholds": {"min_agreement": 0.9}},
-     {"shadow_percent": 25, "thresholds": Thresholds(min_agreement=0.9)}),
-    ({"strategy": "blue-green", "preview_analysis": True, "bake_analyses": 3},
-     {"preview_analysis": True, "bake_analyses": 3, "candidate": "v2"}),
-    ({"strategy": "release-in-place", "release_version": "v3"}, {"release_version": "v3", "candidate": "v3"}),
+    (
+        {
+            "strategy": "canary",
+            "steps": [1, 2, 3, 100],
+            "interval_s": 0.5,
+            "manual_promotion": True,
+        },
+        {"steps": (1, 2, 3, 100), "interval_s": 0.5, "manual_promotion": True},
+    ),
+    (
+        {
+            "strategy": "shadow-then-canary",
+            "shadow_percent": 25,
+            "thresholds": {"min_agreement": 0.9},
+        },
+        {"shadow_percent": 25, "thresholds": Thresholds(min_agreement=0.9)},
+    ),
+    (
+        {"strategy": "blue-green", "preview_analysis": True, "bake_analyses": 3},
+        {"preview_analysis": True, "bake_analyses": 3, "candidate": "v2"},
+    ),
+    (
+        {"strategy": "release-in-place", "release_version": "v3"},
+        {"release_version": "v3", "candidate": "v3"},
+    ),
 ]
 
 
 @pytest.mark.parametrize(("doc", "expected"), GOOD_PLANS)
-def test_good_plans_parse_and_survive_the_state_document(doc: dict[str, Any], expected: dict[str, Any]) -> None:
+def test_good_plans_parse_and_survive_the_state_document(
+    doc: dict[str, Any], expected: dict[str, Any]
+) -> None:
     plan = parse(doc)
     for name, value in expected.items():
         assert getattr(plan, name) == value

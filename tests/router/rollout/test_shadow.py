@@ -11,8 +11,16 @@ import requests
 
 from model_service.app import predict_matrix
 from model_service.artifacts import load_artifact
-from tests.router.rollout.conftest import Stack
-from tests.router.rollout.live import ROWS, Traffic, check_named, judged, metric, scrape
+from tests.router.rollout.live import (
+    ROWS,
+    Stack,
+    Traffic,
+    check_named,
+    judged,
+    metric,
+    scrape,
+    wait_every_worker_counts,
+)
 from tests.servers import wait_until
 
 pytestmark = pytest.mark.slow
@@ -29,43 +37,41 @@ def offline_agreement(artifacts: Path, rows: list[list[float]]) -> tuple[int, in
     return agree, len(rows) - agree
 
 
-def test_live_shadow_agreement_matches_offline_then_canary_promotes(shared: Stack, artifacts: Path) -> None:
+def test_live_shadow_agreement_matches_offline_then_canary_promotes(
+    shared: Stack, artifacts: Path
+) -> None:
     router, admin = shared.router, shared.admin
     expected_agree, expected_disagree = offline_agreement(artifacts, ROWS)
     assert 0 < expected_disagree < len(ROWS)  # two genuinely different models
 
-    plan = {"strategy": "shadow-then-canary", "steps": [50, 100], "interval_s": 1, "min_requests": 30,
-            "thresholds": {"min_agreement": 0.9}}
+    plan = {
+        "strategy": "shadow-then-canary",
+        "steps": [50, 100],
+        "interval_s": 1,
+        "min_requests": 30,
+        "thresholds": {"min_agreement": 0.9},
+    }
     state = admin.start(plan)
-    assert (state["strategy"], state["shadow_percent"], state["weights"]) == ("shadow", 100, {"v1": 100, "v2": 0})
-    assert admin.call("POST", "/admin/rollout/pause")["rollout"]["status"] == "paused"  # mirror, no verdicts
+    assert (state["strategy"], state["shadow_percent"], state["weights"]) == (
+        "shadow",
+        100,
+        {"v1": 100, "v2": 0},
+    )
+    paused = admin.call("POST", "/admin/rollout/pause")["rollout"]
+    assert paused["status"] == "paused"  # mirroring goes on, no verdicts meanwhile
+    wait_every_worker_counts(router.url, "router_shadow_requests_total", version="v2")
 
     def send(i: int) -> str:
         resp = requests.post(router.url + "/predict", json={"instances": [ROWS[i]]}, timeout=10)
         assert resp.status_code == 200
         return resp.headers["X-Model-Version"]
 
-    def mirrored_total() -> float:
-        return metric(scrape(router.url), "router_shadow_requests_total", version="v2")
-
-    def every_worker_mirrors() -> bool:
-        """Probes on new connections (so on both workers) are all mirrored: the change arrived."""
-        start = mirrored_total()
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(send, range(20)))
-        try:
-            wait_until(lambda: mirrored_total() - start >= 20, 3)
-        except TimeoutError:
-            return False
-        return True
-
-    wait_until(every_worker_mirrors, 20)
     before = scrape(router.url)
 
     def mirrored(n: int) -> dict | None:
         after = scrape(router.url)
-        done = metric(after, "router_shadow_requests_total", version="v2") \
-            - metric(before, "router_shadow_requests_total", version="v2")
+        name = "router_shadow_requests_total"
+        done = metric(after, name, version="v2") - metric(before, name, version="v2")
         return after if done >= n else None
 
     # in batches the shadow queue can hold, so that no copy is dropped (a full queue drops them)
@@ -73,7 +79,8 @@ def test_live_shadow_agreement_matches_offline_then_canary_promotes(shared: Stac
     with ThreadPoolExecutor(3) as pool:
         for start in range(0, len(ROWS), BATCH):
             answered += pool.map(send, range(start, min(start + BATCH, len(ROWS))))
-            after = wait_until(lambda: mirrored(len(answered)), 20)
+            sent = len(answered)
+            after = wait_until(lambda n=sent: mirrored(n), 20)
     assert answered == ["v1"] * len(ROWS)  # the shadow never answers a client
 
     def delta(name: str, **labels: str) -> float:
@@ -81,7 +88,9 @@ def test_live_shadow_agreement_matches_offline_then_canary_promotes(shared: Stac
 
     assert delta("router_shadow_requests_total", version="v2", outcome="ok") == len(ROWS)
     agree = delta("router_shadow_comparisons_total", result="agree", stable="v1", candidate="v2")
-    disagree = delta("router_shadow_comparisons_total", result="disagree", stable="v1", candidate="v2")
+    disagree = delta(
+        "router_shadow_comparisons_total", result="disagree", stable="v1", candidate="v2"
+    )
     assert (agree, disagree) == (expected_agree, expected_disagree)
     assert agree / (agree + disagree) == expected_agree / len(ROWS)
     assert delta("router_shadow_probability_diff_count", stable="v1", candidate="v2") == len(ROWS)
@@ -91,7 +100,10 @@ def test_live_shadow_agreement_matches_offline_then_canary_promotes(shared: Stac
         rollout = admin.wait_done()
     assert rollout["status"] == "promoted"
     decisions = judged(rollout)
-    assert [(d["phase"], d["action"]) for d in decisions] == [("shadow", "advance"), ("canary", "promote")]
+    assert [(d["phase"], d["action"]) for d in decisions] == [
+        ("shadow", "advance"),
+        ("canary", "promote"),
+    ]
     shadow = decisions[0]
     agreement = check_named(shadow, "agreement")
     assert agreement["decision"] == "pass" and agreement["threshold"] == 0.9
