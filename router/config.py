@@ -75,6 +75,7 @@ class RouterConfig:
     model_admin_token: str | None = None
     prometheus_url: str | None = None
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    request_metrics: bool = True  # off only to measure what recording costs (loadtest/bench.py)
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -129,4 +130,5 @@ class RouterConfig:
             model_admin_token=env_str(env, "ROUTER_MODEL_ADMIN_TOKEN"),
             prometheus_url=env_str(env, "ROUTER_PROMETHEUS_URL"),
             trusted_proxies=parse_trusted_proxies(env_str(env, "ROUTER_TRUSTED_PROXIES")),
+            request_metrics=env_bool(env, "ROUTER_REQUEST_METRICS", True),
         )

@@ -98,8 +98,9 @@ class DataPath:
             out = [("Content-Type", "application/json")]
         out += [("Content-Length", str(len(payload))), ("X-Model-Version", version),
                 ("X-Request-ID", request_id)]
-        self.metrics.request(version, snapshot.routing.strategy, status,
-                             time.perf_counter() - started)
+        if self.config.request_metrics:
+            self.metrics.request(version, snapshot.routing.strategy, status,
+                                 time.perf_counter() - started)
         start_response(_STATUS_LINES.get(status, f"{status} Unknown"), out)
         return [payload]
 
