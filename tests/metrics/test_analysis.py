@@ -10,9 +10,8 @@ import pytest
 from metrics.analysis import FAIL, PASS, WAIT, Thresholds, Verdict, judge, judge_alone
 from metrics.window import DEFAULT_BOUNDS, VersionCounts
 
-T = (
-    Thresholds()
-)  # max_error_rate_increase 0.02, max_p99_ratio 1.5, min_agreement 0.95, confidence 0.99
+# max_error_rate_increase 0.02, max_p99_ratio 1.5, min_agreement 0.95, confidence 0.99
+T = Thresholds()
 MIN = 50
 
 
