@@ -4,6 +4,10 @@ Routers run as ``python -m router serve`` (gunicorn, two workers unless a test s
 front of the session's real model services. A test that changes the routing state and then at
 once checks where requests go runs a one-worker router: with two, the other worker follows only
 at its next state refresh (within ROUTER_REFRESH_S), which is the design, not a defect.
+
+Redis tests use ROUTER_REDIS_TEST_URL (default: database 14 of the local Redis) under a key prefix
+of their own, and delete their keys afterwards. Without a Redis they skip, saying so; under CI
+(CI=true) they fail instead, so a CI run can never pass by skipping them.
 """
 
 from __future__ import annotations

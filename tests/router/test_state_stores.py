@@ -28,6 +28,7 @@ def all_answered_by(url: str, version: str, n: int = 10) -> bool:
     return all(predict(url).version == version for _ in range(n))
 
 
+@pytest.mark.slow
 def test_sqlite_state_survives_a_restart(
     start_router: StartRouter, models: dict[str, str], sqlite_url: Callable[[], str]
 ) -> None:
@@ -50,6 +51,7 @@ def test_sqlite_state_survives_a_restart(
 
 
 @pytest.mark.redis
+@pytest.mark.slow
 def test_two_routers_on_one_redis_converge_within_a_second(
     start_router: StartRouter, models: dict[str, str], redis_state_url: str
 ) -> None:
