@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from scipy.stats import mannwhitneyu
+
 from metrics.window import VersionCounts, bucket_counts, quantile
 
 PASS, WAIT, FAIL = "pass", "wait", "fail"
@@ -78,8 +80,6 @@ def latency_check(stable: dict[float, float], candidate: dict[float, float], t: 
     if p99_s is None or p99_c is None:
         return Check(name, WAIT, None, t.max_p99_ratio, "no latency samples yet")
     ratio = p99_c / p99_s if p99_s > 0 else float("inf")
-    from scipy.stats import mannwhitneyu  # imported on first analysis: it costs every worker ~1.5 s
-
     a, b = _expand(candidate), [x * t.max_p99_ratio for x in _expand(stable)]
     p_value = float(mannwhitneyu(a, b, alternative="greater").pvalue) if a and b else 1.0
     slower = p_value < 1 - t.confidence

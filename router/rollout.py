@@ -38,6 +38,9 @@ from strategies import get
 
 log = logging.getLogger(__name__)
 LEASE = "rollout"
+# Long against the 0.2 s renewal: a worker busy for a few seconds (a CPU-bound burst blocks its
+# event loop) keeps driving instead of handing over mid-rollout; a dead one is replaced after it.
+LEASE_TTL_S = 6.0
 ACTOR = "rollout-controller"
 ACTIVE = ("running", "awaiting_promotion", "paused")
 MAX_DECISIONS = 100
@@ -140,7 +143,7 @@ class RolloutController:
             self._release()
             return None
         try:
-            self.holding = self.live.store.acquire_lease(LEASE, self.holder, max(2.0, 10 * self.tick_s))
+            self.holding = self.live.store.acquire_lease(LEASE, self.holder, LEASE_TTL_S)
         except StateStoreError:
             self.holding = False
         if not self.holding:
