@@ -12,7 +12,6 @@ server start their own with ``launch``.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -22,8 +21,7 @@ from typing import Any
 import pytest
 
 from tests.reliability.tools import Router
-from tests.router.conftest import skip_or_fail
-from tests.router.helpers import ADMIN_TOKEN, FakeUpstream, RedisProcess
+from tests.router.helpers import ADMIN_TOKEN, FakeUpstream
 from tests.servers import ServerProcess, free_port, model_service, router
 
 ACTIVE = ("running", "paused", "awaiting_promotion")
@@ -204,15 +202,3 @@ def launch(artifacts: Path, log_dir: Path, tmp_path: Path) -> Iterator[Launcher]
     finally:
         launcher.stop()
 
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    """A redis-server of this test's own (no persistence), to stop and start again empty."""
-    if shutil.which("redis-server") is None:
-        skip_or_fail("redis-server is not installed: install Redis to run the outage scenario")
-    server = RedisProcess(free_port(), tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()

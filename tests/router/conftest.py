@@ -13,7 +13,6 @@ of their own, and delete their keys afterwards. Without a Redis they skip, sayin
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -28,8 +27,8 @@ from redis.retry import Retry
 
 from router.app import create_app
 from router.config import RouterConfig
-from tests.router.helpers import ADMIN_TOKEN, AUTH, FakeUpstream, RedisProcess
-from tests.servers import ServerProcess, free_port, router
+from tests.router.helpers import ADMIN_TOKEN, AUTH, FakeUpstream
+from tests.servers import ServerProcess, free_port, router, skip_or_fail
 
 ROUTER_REDIS_URL = os.environ.get("ROUTER_REDIS_TEST_URL", "redis://127.0.0.1:6379/14")
 
@@ -163,13 +162,6 @@ def locked_down_router(models: dict[str, str], log_dir: Path,
 # -- Redis -------------------------------------------------------------------------------------
 
 
-def skip_or_fail(reason: str) -> None:
-    """Skip a test that needs Redis, or fail it under CI, where Redis tests must run."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: Redis tests must run, not skip)")
-    pytest.skip(reason)
-
-
 def _redis_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5,
                                 retry=Retry(NoBackoff(), 0))
@@ -202,15 +194,3 @@ def redis_state_url(shared_redis: str) -> Iterator[str]:
     finally:
         client.close()
 
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    """A redis-server of this test's own on a free port, which the test may kill and restart."""
-    if shutil.which("redis-server") is None:
-        skip_or_fail("redis-server is not installed: install Redis to run the outage test")
-    server = RedisProcess(free_port(), tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -24,25 +23,11 @@ from redis.retry import Retry
 from router.state.base import StateStore
 from router.state.redis import RedisStateStore
 from router.state.sqlite import SQLiteStateStore
+from tests.servers import free_port, skip_or_fail
 
 REDIS_TEST_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/15")
 
 StoreFactory = Callable[[], StateStore]
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip a test that lacks Redis, or fail it when running in CI."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true, so Redis tests must run, not skip)")
-    pytest.skip(reason)
-
-
-def free_port() -> int:
-    """Return a loopback TCP port nothing listens on (bound once, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")
