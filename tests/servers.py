@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.serving import make_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,3 +160,24 @@ def router(upstreams: Mapping[str, str], log_dir: Path, state_url: str, token: s
     if token:
         full["ROUTER_ADMIN_TOKEN"] = token
     return ServerProcess(["-m", "router", "serve"], full, log_dir / f"router-{time.monotonic_ns()}.log")
+
+
+def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """``GET /metrics`` parsed: sample name -> [(labels, value), ...]."""
+    resp = requests.get(url + "/metrics", timeout=10)
+    assert resp.status_code == 200
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(resp.text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return samples
+
+
+def serving_pids(url: str, version: str) -> set[str]:
+    """Worker PIDs whose ``model_info`` says they serve ``version`` (and no other version)."""
+    info = scrape(url).get("model_info", [])
+    on = {labels["pid"] for labels, value in info if labels["version"] == version and value == 1}
+    elsewhere = {
+        labels["pid"] for labels, value in info if labels["version"] != version and value == 1
+    }
+    return on - elsewhere

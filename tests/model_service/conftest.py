@@ -16,7 +16,6 @@ import pytest
 import requests
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer
 
 from tests.servers import ServerProcess, model_service
@@ -59,17 +58,6 @@ def error_of(resp: requests.Response) -> dict[str, str]:
     return dict(body["error"])
 
 
-def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """``GET /metrics`` parsed: sample name -> [(labels, value), ...]."""
-    resp = requests.get(url + "/metrics", timeout=10)
-    assert resp.status_code == 200
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(resp.text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
-    return samples
-
-
 def sample_sum(
     samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
 ) -> float:
@@ -102,16 +90,6 @@ def requests_counted_by_worker(server: ServerProcess, pid: int) -> float:
             for sample in family.samples
             if sample.name == "model_requests_total"
         )
-
-
-def serving_pids(url: str, version: str) -> set[str]:
-    """Worker PIDs whose ``model_info`` says they serve ``version`` (and no other version)."""
-    info = scrape(url).get("model_info", [])
-    on = {labels["pid"] for labels, value in info if labels["version"] == version and value == 1}
-    elsewhere = {
-        labels["pid"] for labels, value in info if labels["version"] != version and value == 1
-    }
-    return on - elsewhere
 
 
 @contextmanager

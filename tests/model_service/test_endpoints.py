@@ -17,11 +17,9 @@ from tests.model_service.conftest import (
     requests_counted_by_worker,
     rows_of,
     sample_sum,
-    scrape,
-    serving_pids,
     worker_pids,
 )
-from tests.servers import ServerProcess, wait_until
+from tests.servers import ServerProcess, scrape, serving_pids, wait_until
 
 
 @pytest.fixture(params=["v1", "v2"])

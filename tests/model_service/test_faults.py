@@ -10,8 +10,8 @@ import pytest
 import requests
 from scipy.stats import binom
 
-from tests.model_service.conftest import error_of, post, rows_of, sample_sum, scrape, started
-from tests.servers import ServerProcess
+from tests.model_service.conftest import error_of, post, rows_of, sample_sum, started
+from tests.servers import ServerProcess, scrape
 
 CONFIDENCE = 0.999
 

@@ -13,8 +13,8 @@ import requests
 
 from model_service.app import create_app
 from model_service.config import ModelServiceConfig
-from tests.model_service.conftest import error_of, post, rows_of, serving_pids
-from tests.servers import ServerProcess, model_service, wait_until
+from tests.model_service.conftest import error_of, post, rows_of
+from tests.servers import ServerProcess, model_service, serving_pids, wait_until
 
 SECRET = "reload-secret"
 BEARER = {"Authorization": f"Bearer {SECRET}"}
