@@ -30,6 +30,7 @@ test-quick: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
 bench: $(STAMP) artifacts/v1/metadata.json artifacts/v2/metadata.json
+	bash loadtest/bench-deps.sh
 	$(PY) -m loadtest.bench
 
 lint: $(STAMP)

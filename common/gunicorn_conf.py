@@ -79,8 +79,11 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
         except (AttributeError, OSError):
             pass
 
+    from common.fast_headers import RequestHeaders
+
     class ClosingWhenStopped(handler):  # type: ignore[misc, valid-type]
         served = False  # a connection is idle only between requests, never before its first
+        MessageClass = RequestHeaders  # header parsing without the email package
 
         def read_requestline(self):  # type: ignore[no-untyped-def]
             if not self.served:  # accepted, so its request is coming: serve it (as gunicorn does)

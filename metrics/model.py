@@ -27,6 +27,17 @@ class ModelMetrics:
             ["version", "sha256"], registry=registry, multiprocess_mode="liveall",
         )
         self._bound: dict[tuple[str, str], Counter] = {}
+        self._by_version: dict[str, tuple[Counter, Histogram]] = {}
+
+    def predicted(self, version: str, rows: int, seconds: float) -> None:
+        """One call of the pipeline: ``rows`` predicted in ``seconds``."""
+        children = self._by_version.get(version)
+        if children is None:
+            children = self._by_version[version] = (
+                self.predictions.labels(version=version), self.inference.labels(version=version)
+            )
+        children[0].inc(rows)
+        children[1].observe(seconds)
 
     def request(self, version: str, code: int) -> None:
         key = (version, str(code))

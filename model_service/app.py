@@ -7,18 +7,14 @@
 from __future__ import annotations
 
 import random
-import time
-from typing import Any
 
 import numpy as np
-import sklearn
 from flask import Flask, Response, current_app, request
 from prometheus_client import CollectorRegistry
 
 from common.auth import require_bearer
 from common.body import read_json_object
 from common.errors import (
-    APIError,
     NotFound,
     ServiceUnavailable,
     Unprocessable,
@@ -27,11 +23,11 @@ from common.errors import (
 )
 from metrics.exposition import metrics_response
 from metrics.model import ModelMetrics
-from model_service.artifacts import ArtifactError
+from model_service.artifacts import ArtifactError, LoadedModel
 from model_service.config import VERSION_LABEL, ModelServiceConfig
 from model_service.holder import ModelHolder
-from model_service.inputs import to_matrix
 from model_service.openapi import openapi
+from model_service.predict_path import PredictPath
 
 EXTENSION = "model_service"
 
@@ -51,10 +47,9 @@ def _state() -> ServiceState:
     return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
 
 
-def predict_matrix(model: Any, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Classes and class probabilities for each row; input already validated as finite."""
-    with sklearn.config_context(assume_finite=True):
-        proba = model.pipeline.predict_proba(matrix)
+def predict_matrix(model: LoadedModel, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Classes and class probabilities for each row of a validated float64 matrix."""
+    proba = model.predict_proba(matrix)
     return model.classes[proba.argmax(axis=1)], proba
 
 
@@ -69,44 +64,6 @@ def create_app(
     register_error_handlers(app)
     app.register_blueprint(openapi)
     state.holder.start(config.version)
-
-    @app.post("/predict")
-    def predict() -> Response:
-        state = _state()
-        model = state.holder.current
-        if model is None:
-            raise ServiceUnavailable(f"model not loaded: {state.holder.load_error}", code="not_ready")
-        doc = read_json_object(request, state.config.max_body_bytes)
-        matrix = to_matrix(doc, model.feature_names, state.config.max_rows)
-        cfg = state.config
-        if cfg.fault_latency_ms:
-            time.sleep(cfg.fault_latency_ms / 1000.0)
-        if cfg.fault_error_rate and state.rng.random() < cfg.fault_error_rate:
-            raise APIError("injected fault (FAULT_ERROR_RATE)", code="injected_fault")
-        started = time.perf_counter()
-        predictions, proba = predict_matrix(model, matrix)
-        state.metrics.inference.labels(version=model.version).observe(
-            time.perf_counter() - started
-        )
-        overflowed = np.flatnonzero(~np.isfinite(proba).all(axis=1))
-        if overflowed.size:
-            raise Unprocessable(
-                f"instances[{overflowed[0]}]: values this far out of range overflow the model; "
-                "send values on the scale of the training data",
-                code="out_of_range",
-            )
-        state.metrics.predictions.labels(version=model.version).inc(len(matrix))
-        body = {"predictions": predictions, "probabilities": proba, "model_version": model.version}
-        return json_response(body, headers={"X-Model-Version": model.version})
-
-    @app.after_request
-    def count_predictions(response: Response) -> Response:
-        if request.endpoint == "predict":
-            state = _state()
-            model = state.holder.current
-            version = model.version if model else state.config.version
-            state.metrics.request(version, response.status_code)
-        return response
 
     @app.get("/health")
     def health() -> Response:
@@ -161,4 +118,5 @@ def create_app(
             }
         )
 
+    app.wsgi_app = PredictPath(app.wsgi_app, state)  # type: ignore[method-assign]
     return app

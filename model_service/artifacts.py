@@ -14,7 +14,8 @@ import json
 import os
 import platform
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from typing import Any
 import joblib
 import numpy as np
 import sklearn
+
+from model_service.fastpath import compile_predict_proba
 
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "metadata.json"
@@ -41,6 +44,10 @@ class LoadedModel:
     feature_names: tuple[str, ...]
     classes: np.ndarray  # class values as the pipeline returns them
     class_labels: tuple[str, ...]
+    # The pipeline's predict_proba, or a compiled equivalent checked against it at load
+    # (model_service.fastpath); ``prediction`` says which.
+    predict_proba: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    prediction: str = "scikit-learn"
 
     @property
     def sha256(self) -> str:
@@ -133,6 +140,7 @@ def load_artifact(root: str | Path, version: str) -> LoadedModel:
         )
     pipeline = joblib.load(model_path)
     classes = np.asarray(pipeline.classes_)
+    predict_proba, prediction = compile_predict_proba(pipeline)
     labels = tuple(metadata.get("class_labels") or [str(c) for c in classes])
     return LoadedModel(
         version=version,
@@ -141,4 +149,6 @@ def load_artifact(root: str | Path, version: str) -> LoadedModel:
         feature_names=tuple(metadata["feature_names"]),
         classes=classes,
         class_labels=labels,
+        predict_proba=predict_proba,
+        prediction=prediction,
     )

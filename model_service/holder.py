@@ -49,6 +49,7 @@ class ModelHolder:
             previous = self.current
             self.current = model
             self.load_error = None
+        log.info("worker %d serves %s (%s prediction)", os.getpid(), model.version, model.prediction)
         prev_key = (previous.version, previous.sha256) if previous else None
         self.metrics.serving(model.version, model.sha256, prev_key)
         return previous

@@ -1,0 +1,88 @@
+"""Request header parsing for gevent's WSGI handler without the ``email`` package.
+
+gevent's ``pywsgi`` reads request headers with ``http.client.parse_headers``, which runs the
+``email`` package's feed parser: on a small request that is about a sixth of a worker's time.
+:class:`RequestHeaders` reads the same lines into a dict and offers the few methods the handler
+calls (``get``, ``getheader``, ``typeheader``, ``headers``, ``items``, ``del``, ``status``), with the same
+limits as ``http.client`` (65,536 bytes per line, 100 headers); a line that is not
+``name: value`` ends the request with 400 instead of being guessed at.
+
+Installed by ``common.gunicorn_conf`` as the handler's ``MessageClass``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+MAX_LINE = 65536
+MAX_HEADERS = 100
+_END = (b"\r\n", b"\n", b"")
+
+
+class RequestHeaders:
+    """The header block of one request, in arrival order."""
+
+    __slots__ = ("_items", "_first", "status")
+
+    def __init__(self, fp: Any, *_: Any) -> None:
+        self.status = ""
+        items: list[list[str]] = []
+        while True:
+            line = fp.readline(MAX_LINE + 1)
+            if len(line) > MAX_LINE:
+                self.status = "Line too long"
+                break
+            if line in _END:
+                break
+            if len(items) >= MAX_HEADERS:
+                self.status = "Too many headers"
+                break
+            text = line.decode("iso-8859-1")
+            if text[:1] in " \t":  # obsolete line folding: continues the previous value
+                if not items:
+                    self.status = "Continuation line without a header"
+                    break
+                items[-1][1] += " " + text.strip()
+                continue
+            name, sep, value = text.partition(":")
+            if not sep or not name or name != name.strip():
+                self.status = "Invalid header line"
+                break
+            items.append([name, value.strip()])
+        self._items = items
+        first: dict[str, str] = {}
+        for name, value in items:
+            first.setdefault(name.lower(), value)
+        self._first = first
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._first.get(name.lower(), default)
+
+    getheader = get
+
+    def __getitem__(self, name: str) -> str | None:
+        return self._first.get(name.lower())
+
+    def __delitem__(self, name: str) -> None:
+        key = name.lower()
+        if key not in self._first:
+            raise KeyError(name)
+        del self._first[key]
+        self._items = [item for item in self._items if item[0].lower() != key]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._first
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(name, value) for name, value in self._items]
+
+    @property
+    def typeheader(self) -> str | None:
+        return self._first.get("content-type")
+
+    @property
+    def headers(self) -> Iterator[str]:
+        """``"Name: value\\r\\n"`` for every header, as gevent's handler reads them."""
+        for name, value in self._items:
+            yield f"{name}: {value}\r\n"

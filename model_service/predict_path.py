@@ -1,0 +1,110 @@
+"""``POST /predict`` as a bare WSGI callable in front of the Flask app (which serves the rest).
+
+A prediction is the request the service exists for, and on one row the model itself takes tens
+of microseconds: the hot path does only what a prediction needs (read, validate, predict, count,
+answer), in the same JSON shapes and errors as every other endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from common.body import parse_json, read_environ_body
+from common.errors import (
+    APIError,
+    BadRequest,
+    ServiceUnavailable,
+    Unprocessable,
+    UnsupportedMediaType,
+)
+from model_service.inputs import to_matrix
+
+if TYPE_CHECKING:
+    from model_service.app import ServiceState
+
+log = logging.getLogger(__name__)
+StartResponse = Callable[..., Any]
+_STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
+_POST_ONLY = orjson.dumps(
+    {"error": {"code": "method_not_allowed", "message": "method not allowed; allowed: POST"}}
+)
+_INTERNAL = orjson.dumps(
+    {"error": {"code": "internal_error", "message": "internal error; see the server log"}}
+)
+
+
+class PredictPath:
+    """WSGI middleware: answers ``POST /predict`` itself, passes everything else to ``app``."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], state: ServiceState) -> None:
+        self.app = app
+        self.state = state
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/predict":
+            return self.app(environ, start_response)
+        if environ.get("REQUEST_METHOD") != "POST":
+            start_response("405 Method Not Allowed", [
+                ("Content-Type", "application/json"), ("Allow", "POST"),
+                ("Content-Length", str(len(_POST_ONLY))),
+            ])
+            return [_POST_ONLY]
+        state = self.state
+        model = state.holder.current
+        version = model.version if model is not None else state.config.version
+        headers = [("Content-Type", "application/json")]
+        try:
+            payload = self._predict(environ)
+            status = 200
+            headers.append(("X-Model-Version", version))
+        except APIError as err:
+            status, payload = err.status, orjson.dumps(err.body())
+        except Exception:  # the contract's JSON 500, never a bare traceback page
+            log.exception("unhandled error in POST /predict")
+            status, payload = 500, _INTERNAL
+        headers.append(("Content-Length", str(len(payload))))
+        state.metrics.request(version, status)
+        start_response(_STATUS_LINES.get(status, f"{status} Unknown"), headers)
+        return [payload]
+
+    def _predict(self, environ: dict[str, Any]) -> bytes:
+        state = self.state
+        cfg = state.config
+        model = state.holder.current
+        if model is None:
+            raise ServiceUnavailable(f"model not loaded: {state.holder.load_error}", code="not_ready")
+        ctype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json" and not ctype.endswith("+json"):
+            raise UnsupportedMediaType(f"Content-Type must be application/json, got {ctype or 'none'!r}")
+        doc = parse_json(read_environ_body(environ, cfg.max_body_bytes))
+        if not isinstance(doc, dict):
+            raise BadRequest("request body must be a JSON object", code="invalid_json")
+        matrix = to_matrix(doc, model.feature_names, cfg.max_rows)
+        if cfg.fault_latency_ms:
+            time.sleep(cfg.fault_latency_ms / 1000.0)
+        if cfg.fault_error_rate and state.rng.random() < cfg.fault_error_rate:
+            raise APIError("injected fault (FAULT_ERROR_RATE)", code="injected_fault")
+        started = time.perf_counter()
+        proba = model.predict_proba(matrix)
+        elapsed = time.perf_counter() - started
+        if not np.isfinite(proba).all():
+            row = int(np.flatnonzero(~np.isfinite(proba).all(axis=1))[0])
+            raise Unprocessable(
+                f"instances[{row}]: values this far out of range overflow the model; "
+                "send values on the scale of the training data",
+                code="out_of_range",
+            )
+        state.metrics.predicted(model.version, len(matrix), elapsed)
+        body = {
+            "predictions": model.classes[proba.argmax(axis=1)],
+            "probabilities": proba,
+            "model_version": model.version,
+        }
+        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -1,0 +1,91 @@
+"""The request-header reader installed in gevent's WSGI handler, against http.client's."""
+
+from __future__ import annotations
+
+import io
+import socket
+from http import client
+
+import pytest
+
+from common.fast_headers import MAX_HEADERS, RequestHeaders
+from tests.servers import ServerProcess
+
+BLOCK = (
+    b"Host: example\r\n"
+    b"Content-Type: application/json; charset=utf-8\r\n"
+    b"content-length: 12\r\n"
+    b"X-Many: one\r\n"
+    b"X-Many: two\r\n"
+    b"X-Folded: first\r\n"
+    b"  second\r\n"
+    b"X-Spaced:   padded value  \r\n"
+    b"\r\n"
+    b"body follows"
+)
+
+
+def test_reads_what_http_client_reads() -> None:
+    ours, theirs = RequestHeaders(io.BytesIO(BLOCK), 0), client.parse_headers(io.BytesIO(BLOCK))
+    assert ours.status == ""
+    for name in ("host", "Content-Type", "CONTENT-LENGTH", "x-many", "X-Spaced", "absent"):
+        assert ours.get(name) == (theirs.get(name).strip() if theirs.get(name) else None)
+    assert ours.typeheader == "application/json; charset=utf-8"
+    assert ours.getheader("Content-Length") == "12"
+    assert ours["x-folded"] == "first second"
+    assert [line for line in ours.headers if line.startswith("X-Many")] == [
+        "X-Many: one\r\n", "X-Many: two\r\n"
+    ]
+    assert ours.items()[0] == ("Host", "example")
+
+
+def test_stops_at_the_blank_line() -> None:
+    stream = io.BytesIO(BLOCK)
+    RequestHeaders(stream, 0)
+    assert stream.read() == b"body follows"
+
+
+def test_delete_removes_every_copy() -> None:
+    headers = RequestHeaders(io.BytesIO(b"Content-Length: 5\r\nContent-Length: 6\r\n\r\n"), 0)
+    del headers["content-length"]
+    assert "Content-Length" not in headers and list(headers.headers) == []
+    with pytest.raises(KeyError):
+        del headers["content-length"]
+
+
+@pytest.mark.parametrize(
+    ("block", "status"),
+    [
+        (b"X-Long: " + b"a" * 70000 + b"\r\n\r\n", "Line too long"),
+        (b"".join(b"X-%d: v\r\n" % i for i in range(MAX_HEADERS + 1)) + b"\r\n", "Too many headers"),
+        (b"no colon here\r\n\r\n", "Invalid header line"),
+        (b"Bad Name : v\r\n\r\n", "Invalid header line"),
+        (b" leading fold\r\n\r\n", "Continuation line without a header"),
+    ],
+    ids=["long-line", "too-many", "no-colon", "space-before-colon", "leading-fold"],
+)
+def test_malformed_blocks_set_a_status(block: bytes, status: str) -> None:
+    assert RequestHeaders(io.BytesIO(block), 0).status == status
+
+
+def _raw(url: str, request: bytes) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer or (b"200 OK" in answer and not answer.endswith(b"}")):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def test_a_server_answers_400_to_a_malformed_header_and_keeps_serving(
+    v1_service: ServerProcess,
+) -> None:
+    assert _raw(v1_service.url, b"GET /health HTTP/1.1\r\nHost example\r\n\r\n").startswith(
+        b"HTTP/1.1 400"
+    )
+    ok = _raw(v1_service.url, b"GET /health HTTP/1.1\r\nHost: example\r\nX-A: b\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200") and b'"ok"' in ok
