@@ -4,8 +4,9 @@
 
 Everything is measured side by side in one run, interleaved in rounds, medians of the rounds
 reported (the machine may be small and shared):
-- one row at concurrency 1 over a keep-alive connection to a one-worker service, against
-  ``predict_matrix`` on the same row in this process: p50 and p99, and what HTTP adds at p50;
+- one row at concurrency 1 over a keep-alive connection to a one-worker service (wrk, a C
+  client, so the client's own parsing is not counted), against ``predict_matrix`` on the same
+  row in this process: p50 and p99, and what HTTP adds at p50;
 - 1000-row requests: what the service adds per row on top of the pipeline's own predict;
 - batch scoring of a 100,000-row CSV (``model_service.batch.score_csv``) against predicting the
   same rows already in memory and against a scorer that reads the whole CSV with pandas;
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from loadtest.harness import ROOT, Proc, free_port, stop_together, table
+from loadtest.harness import ROOT, Proc, free_port, stop_together, table, wrk_latency
 
 VERSIONS = ("v1", "v2")
 BATCH_ROWS = 100_000
@@ -117,25 +118,6 @@ def _http_caller(
     return conn, call
 
 
-def _side_by_side(
-    calls: dict[str, Callable[[], Any]], n: int, rounds: int
-) -> dict[str, tuple[float, float]]:
-    """(p50, p99) of each call, ``n`` each, interleaved in rounds; medians over the rounds."""
-    for call in calls.values():
-        _timed(call, max(20, n // 10))
-    per_round: dict[str, list[tuple[float, float]]] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            times = _timed(call, n // rounds)
-            per_round[name].append(
-                (float(np.quantile(times, 0.5)), float(np.quantile(times, 0.99)))
-            )
-    return {
-        name: (statistics.median(p50 for p50, _ in got), statistics.median(p99 for _, p99 in got))
-        for name, got in per_round.items()
-    }
-
-
 def _verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -148,51 +130,60 @@ def _row(measure: str, value: str, target: str = "", verdict: str = "") -> dict[
     return {"measure": measure, "value": value, "target": target, "verdict": verdict}
 
 
+def _quantiles(times: list[float]) -> tuple[float, float]:
+    return float(np.quantile(times, 0.5)), float(np.quantile(times, 0.99))
+
+
+def _median_of_rounds(got: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(p50 for p50, _ in got), statistics.median(p99 for _, p99 in got)
+
+
 def _latency_rows(
     version: str, url: str, model: Any, data: np.ndarray, quick: bool
 ) -> list[dict[str, Any]]:
+    """HTTP through wrk (c=1, one keep-alive connection) against the same predict in-process.
+
+    Every measure is taken once per round, the rounds interleaved; medians over the rounds.
+    """
     from model_service.app import predict_matrix
 
-    rounds = 3 if quick else 5
+    rounds, seconds, n = (3, 1, 500) if quick else (5, 3, 2000)
     one = data[:1]
-    predict_conn, predict = _http_caller(
-        url, "POST", "/predict", orjson.dumps({"instances": one.tolist()})
-    )
-    health_conn, health = _http_caller(url, "GET", "/health")
-    try:
-        single = _side_by_side(
-            {"http": predict, "local": lambda: predict_matrix(model, one), "health": health},
-            600 if quick else 2000,
-            rounds,
-        )
-    finally:
-        predict_conn.close()
-        health_conn.close()
-    added = single["http"][0] - single["local"][0]
-
     block = data[np.arange(1000) % len(data)]
-    conn, call = _http_caller(url, "POST", "/predict", orjson.dumps({"instances": block.tolist()}))
+    one_body = orjson.dumps({"instances": one.tolist()})
+    block_body = orjson.dumps({"instances": block.tolist()})
+    conn, python_client = _http_caller(url, "POST", "/predict", one_body)
+    got: dict[str, list[tuple[float, float]]] = {
+        k: [] for k in ("http", "health", "local", "sklearn", "python", "block_http", "block_local")
+    }
     try:
-        batch = _side_by_side(
-            {"http": call, "local": lambda: predict_matrix(model, block)},
-            50 if quick else 100,
-            rounds,
-        )
+        wrk_latency(url, "/predict", one_body, 1)  # warm-up
+        _timed(lambda: predict_matrix(model, one), n // 10)
+        for _ in range(rounds):
+            got["http"].append(wrk_latency(url, "/predict", one_body, seconds))
+            got["local"].append(_quantiles(_timed(lambda: predict_matrix(model, one), n)))
+            got["health"].append(wrk_latency(url, "/health", None, seconds))
+            got["sklearn"].append(
+                _quantiles(_timed(lambda: model.pipeline.predict_proba(one), n // 4))
+            )
+            got["python"].append(_quantiles(_timed(python_client, n // 2)))
+            got["block_http"].append(wrk_latency(url, "/predict", block_body, seconds))
+            got["block_local"].append(
+                _quantiles(_timed(lambda: predict_matrix(model, block), 100 if quick else 300))
+            )
     finally:
         conn.close()
-    per_row = (batch["http"][0] - batch["local"][0]) / 1000
+    m = {k: _median_of_rounds(v) for k, v in got.items()}
+    added = m["http"][0] - m["local"][0]
+    per_row = (m["block_http"][0] - m["block_local"][0]) / 1000
     return [
         _row(
-            f"{version} one row, HTTP c=1 keep-alive: p50 / p99",
-            f"{_ms(single['http'][0])} / {_ms(single['http'][1])}",
+            f"{version} one row, HTTP c=1 keep-alive (wrk): p50 / p99",
+            f"{_ms(m['http'][0])} / {_ms(m['http'][1])}",
         ),
         _row(
-            f"{version} one row, in-process predict_matrix: p50 / p99",
-            f"{_ms(single['local'][0])} / {_ms(single['local'][1])}",
-        ),
-        _row(
-            f"{version} HTTP floor: GET /health on the same kind of connection, p50",
-            _ms(single["health"][0]),
+            f"{version} one row, in-process predict_matrix (what the service calls): p50 / p99",
+            f"{_ms(m['local'][0])} / {_ms(m['local'][1])} ({model.prediction})",
         ),
         _row(
             f"{version} one row: HTTP p50 minus in-process p50",
@@ -201,12 +192,20 @@ def _latency_rows(
             _verdict(added <= 0.0005),
         ),
         _row(
-            f"{version} one row: of which above the HTTP floor (predict-specific work)",
-            _ms(added - single["health"][0]),
+            f"{version} HTTP floor: GET /health (wrk, c=1), p50",
+            _ms(m["health"][0]),
         ),
         _row(
-            f"{version} 1000 rows: HTTP p50 / in-process p50",
-            f"{_ms(batch['http'][0])} / {_ms(batch['local'][0])}",
+            f"{version} for reference: scikit-learn's own pipeline.predict_proba, one row, p50",
+            _ms(m["sklearn"][0]),
+        ),
+        _row(
+            f"{version} for reference: one row with Python's http.client as the client, p50",
+            _ms(m["python"][0]),
+        ),
+        _row(
+            f"{version} 1000 rows: HTTP p50 (wrk) / in-process p50",
+            f"{_ms(m['block_http'][0])} / {_ms(m['block_local'][0])}",
         ),
         _row(
             f"{version} 1000 rows: service overhead per row",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import signal
@@ -150,29 +149,6 @@ http {{
                 ready="/health")
 
 
-def latencies(url: str, body: bytes, n: int, headers: dict[str, str] | None = None) -> list[float]:
-    """Seconds per request, concurrency 1, one keep-alive connection."""
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port))
-    hdrs = {"Content-Type": "application/json", **(headers or {})}
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        conn.request("POST", "/predict", body, hdrs)
-        resp = conn.getresponse()
-        resp.read()
-        out.append(time.perf_counter() - t0)
-        if resp.status != 200:
-            raise RuntimeError(f"{url} answered {resp.status}")
-    conn.close()
-    return out
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def wrk(url: str, body: bytes, seconds: float, connections: int = 4) -> float:
     """Requests per second measured by wrk (POST /predict with ``body``)."""
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
@@ -192,6 +168,45 @@ def wrk(url: str, body: bytes, seconds: float, connections: int = 4) -> float:
         if "Non-2xx" in line:
             raise RuntimeError(f"wrk saw errors: {line}")
     raise RuntimeError(f"wrk output not understood:\n{out}")
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+
+
+def wrk_latency(url: str, path: str, body: bytes | None, seconds: float) -> tuple[float, float]:
+    """(p50, p99) in seconds of ``path`` at concurrency 1 on one keep-alive connection, by wrk.
+
+    wrk is a C client: what it measures is the server and the network, not the client's own
+    request building and response parsing. ``body`` None sends GET, else POST with JSON.
+    """
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    if body is None:
+        script.write_text('wrk.method = "GET"\n')
+    else:
+        escaped = body.decode().replace("\\", "\\\\").replace('"', '\\"')
+        script.write_text(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f'wrk.body = "{escaped}"\n'
+        )
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", "-c1", f"-d{seconds}s", "--latency", "-s", str(script), url + path],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    finally:
+        script.unlink()
+    if "Non-2xx" in out:
+        raise RuntimeError(f"wrk saw errors from {url}{path}:\n{out}")
+    found: dict[str, float] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("50%", "99%"):
+            number = parts[1].rstrip("usm")
+            unit = parts[1][len(number):]
+            found[parts[0]] = float(number) * _UNITS[unit]
+    if len(found) != 2:
+        raise RuntimeError(f"wrk output not understood:\n{out}")
+    return found["50%"], found["99%"]
 
 
 def median(values: list[float]) -> float:
