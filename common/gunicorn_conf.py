@@ -79,9 +79,9 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
         except (AttributeError, OSError):
             pass
 
-    from common.fast_headers import RequestHeaders
+    from common.pywsgi_fast import OneWriteMixin, RequestHeaders
 
-    class ClosingWhenStopped(handler):  # type: ignore[misc, valid-type]
+    class ClosingWhenStopped(OneWriteMixin, handler):  # type: ignore[misc, valid-type]
         served = False  # a connection is idle only between requests, never before its first
         MessageClass = RequestHeaders  # header parsing without the email package
 

@@ -6,6 +6,8 @@ codes and reasons from small fixed sets. Children are bound once and cached.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from metrics.buckets import LATENCY_BUCKETS
@@ -59,6 +61,15 @@ class RouterMetrics:
         )
         self._request_children: dict[tuple[str, str, int], Counter] = {}
         self._duration_children: dict[str, Histogram] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Counter | Histogram, *values: str) -> Any:
+        """``metric.labels(*values)``, bound on first use and cached (label sets are bounded)."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def request(self, version: str, strategy: str, code: int, seconds: float) -> None:
         key = (version, strategy, code)

@@ -148,16 +148,16 @@ class DataPath:
             try:
                 resp = self.pools[version].request("POST", "/predict", body, headers, deadline)
             except Unreachable as exc:
-                self.metrics.upstream_errors.labels(version=version, reason=exc.reason).inc()
+                self.metrics.child(self.metrics.upstream_errors, version, exc.reason).inc()
                 last = exc
                 continue
             except Timeout:
-                self.metrics.upstream_errors.labels(version=version, reason="timeout").inc()
+                self.metrics.child(self.metrics.upstream_errors, version, "timeout").inc()
                 raise GatewayTimeout(
                     f"version {version} did not answer within ROUTER_TIMEOUT_S="
                     f"{self.config.timeout_s:g} s", code="upstream_timeout",
                 ) from None
             if resp.status >= 500:
-                self.metrics.upstream_errors.labels(version=version, reason="http_5xx").inc()
+                self.metrics.child(self.metrics.upstream_errors, version, "http_5xx").inc()
             return resp, version
         raise BadGateway(f"no model service answered: {last}", code="upstream_unreachable")

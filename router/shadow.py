@@ -77,7 +77,7 @@ class Mirror:
         try:
             self.jobs.put_nowait(job)
         except queue.Full:
-            self.metrics.shadow_requests.labels(version=job.candidate, outcome="dropped").inc()
+            self.metrics.child(self.metrics.shadow_requests, job.candidate, "dropped").inc()
             return False
         return True
 
@@ -98,6 +98,7 @@ class Mirror:
                 log.exception("shadow request failed unexpectedly")
 
     def _mirror(self, job: MirrorJob) -> None:
+        metrics = self.metrics
         outcome = "ok"
         started = time.perf_counter()
         try:
@@ -109,7 +110,7 @@ class Mirror:
         except UpstreamError as exc:
             outcome = exc.reason if exc.reason in ("refused", "reset") else "unreachable"
         else:
-            self.metrics.shadow_duration.labels(version=job.candidate).observe(
+            metrics.child(metrics.shadow_duration, job.candidate).observe(
                 time.perf_counter() - started
             )
             if resp.status != 200:
@@ -119,17 +120,17 @@ class Mirror:
                 if result is None:
                     outcome = "invalid"
                 else:
-                    labels = {"stable": job.stable, "candidate": job.candidate}
+                    pair = (job.stable, job.candidate)
                     # counted per row: a batch request compares as many predictions as it has rows
                     if result.agreeing_rows:
-                        self.metrics.shadow_comparisons.labels(result="agree", **labels).inc(
+                        metrics.child(metrics.shadow_comparisons, "agree", *pair).inc(
                             result.agreeing_rows
                         )
                     if result.rows - result.agreeing_rows:
-                        self.metrics.shadow_comparisons.labels(result="disagree", **labels).inc(
+                        metrics.child(metrics.shadow_comparisons, "disagree", *pair).inc(
                             result.rows - result.agreeing_rows
                         )
-                    self.metrics.shadow_probability_diff.labels(**labels).observe(
+                    metrics.child(metrics.shadow_probability_diff, *pair).observe(
                         result.max_probability_diff
                     )
-        self.metrics.shadow_requests.labels(version=job.candidate, outcome=outcome).inc()
+        metrics.child(metrics.shadow_requests, job.candidate, outcome).inc()

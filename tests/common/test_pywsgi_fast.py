@@ -8,7 +8,7 @@ from http import client
 
 import pytest
 
-from common.fast_headers import MAX_HEADERS, RequestHeaders
+from common.pywsgi_fast import MAX_HEADERS, RequestHeaders
 from tests.servers import ServerProcess
 
 BLOCK = (

@@ -1,13 +1,17 @@
-"""Request header parsing for gevent's WSGI handler without the ``email`` package.
+"""Two shortcuts for gevent's WSGI handler on the hot path of both services.
 
-gevent's ``pywsgi`` reads request headers with ``http.client.parse_headers``, which runs the
+Request headers without the ``email`` package: gevent's ``pywsgi`` reads request headers with ``http.client.parse_headers``, which runs the
 ``email`` package's feed parser: on a small request that is about a sixth of a worker's time.
 :class:`RequestHeaders` reads the same lines into a dict and offers the few methods the handler
 calls (``get``, ``getheader``, ``typeheader``, ``headers``, ``items``, ``del``, ``status``), with the same
 limits as ``http.client`` (65,536 bytes per line, 100 headers); a line that is not
 ``name: value`` ends the request with 400 instead of being guessed at.
 
-Installed by ``common.gunicorn_conf`` as the handler's ``MessageClass``.
+One send per small response: gevent writes the status line and headers, then the body, in two
+system calls and two TCP segments, so the peer (the router's upstream client, or a client) often
+wakes twice per response. :class:`OneWriteMixin` sends them together when the body is short.
+
+Both are installed by ``common.gunicorn_conf`` on the gevent handler class.
 """
 
 from __future__ import annotations
@@ -86,3 +90,29 @@ class RequestHeaders:
         """``"Name: value\\r\\n"`` for every header, as gevent's handler reads them."""
         for name, value in self._items:
             yield f"{name}: {value}\r\n"
+
+
+ONE_WRITE_MAX = 64 * 1024
+
+
+class OneWriteMixin:
+    """For a gevent ``WSGIHandler`` subclass: head and a short first body chunk in one send."""
+
+    def _write_with_headers(self, data: bytes) -> None:
+        self.headers_sent = True
+        self.finalize_headers()  # type: ignore[attr-defined]
+        towrite = bytearray(b"HTTP/1.1 ")
+        towrite += self.status  # type: ignore[attr-defined]
+        towrite += b"\r\n"
+        for header, value in self.response_headers:  # type: ignore[attr-defined]
+            towrite += header
+            towrite += b": "
+            towrite += value
+            towrite += b"\r\n"
+        towrite += b"\r\n"
+        if data and not self.response_use_chunked and len(data) <= ONE_WRITE_MAX:  # type: ignore[attr-defined]
+            towrite += data
+            self._sendall(towrite)  # type: ignore[attr-defined]
+            return
+        self._sendall(towrite)  # type: ignore[attr-defined]
+        self._write(data)  # type: ignore[attr-defined]
