@@ -66,15 +66,35 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
     if handler is None:
         return
     _count_requests(worker)
+    import fcntl
     import socket
+    import struct
+    import termios
     from typing import Any
 
     import gevent
 
     waiting: set[Any] = set()  # handlers reading the next request line of their connection
 
+    def pending(conn: Any) -> int:
+        """Bytes the client has sent that this connection has not read yet."""
+        try:
+            raw = fcntl.ioctl(conn.socket.fileno(), termios.FIONREAD, b"\0\0\0\0")
+            return int(struct.unpack("i", raw)[0])
+        except (AttributeError, OSError, ValueError):
+            return 0
+
     def stop_reading(conn: Any) -> None:
-        try:  # what the client already sent can still be read; after it, end-of-file
+        """End-of-file for the next read of an idle connection, unless a request is arriving.
+
+        A request whose first bytes are already here may still be missing its body (a client
+        can send head and body separately): cutting the read side then would fail a request the
+        client sent before the signal. Such a connection is served, and stopped when it next
+        waits for a request.
+        """
+        if pending(conn):
+            return
+        try:
             conn.socket.shutdown(socket.SHUT_RD)
         except (AttributeError, OSError):
             pass

@@ -1,4 +1,4 @@
-"""Starting a production WSGI server (gunicorn, threaded workers) for either role.
+"""Starting a production WSGI server (gunicorn with gevent's WSGI workers) for either role.
 
     >>> exec_server("model_service.wsgi:app", bind_address(None, None, 8001))  # doctest: +SKIP
 """

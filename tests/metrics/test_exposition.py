@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +14,8 @@ from metrics.buckets import LATENCY_BUCKETS
 from tests.metrics.conftest import Routers
 from tests.router.rollout.live import ROWS, metric, scrape
 from tests.servers import ServerProcess, wait_until
+
+PROPAGATION_S = 1.0  # the contract: every router worker routes by a change within 1 s
 
 ROUTER_LABELS = {
     "version",
@@ -112,6 +115,7 @@ def test_label_sets_stay_bounded_whoever_sends(
             "shadow_percent": 0,
         },
     )
+    time.sleep(PROPAGATION_S)  # until every worker routes, and so labels, by the canary state
 
     def send_batch() -> list[str]:
         ids = []
