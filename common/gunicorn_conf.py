@@ -43,6 +43,15 @@ def on_starting(server):  # type: ignore[no-untyped-def]
                 item.unlink()
 
 
+def worker_exit(server, worker):  # type: ignore[no-untyped-def]
+    """In the exiting worker: write the request tallies it has not written yet."""
+    import sys
+
+    router_metrics = sys.modules.get("metrics.router")
+    if router_metrics is not None:
+        router_metrics.flush_all()
+
+
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
     """Fold a dead worker's metric files into the archive: its counts stay, its files go.
 

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import requests
@@ -93,10 +93,15 @@ def reading_from_metrics(families: Iterable[Metric]) -> Reading:
 class LocalSource:
     """This router's own measurements, aggregated across its worker processes."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, before_read: Callable[[], None] | None = None
+    ) -> None:
         self.registry = registry
+        self.before_read = before_read  # e.g. write this process's pending request tallies
 
     def read(self) -> Reading:
+        if self.before_read is not None:
+            self.before_read()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)

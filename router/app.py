@@ -62,7 +62,7 @@ def create_app(
 
     live = LiveState(config, store, on_change=on_change)
     source: MetricSource = (PrometheusSource(config.prometheus_url) if config.prometheus_url
-                            else LocalSource(registry))
+                            else LocalSource(registry, before_read=metrics.flush))
     controller = RolloutController(live, source, pools, metrics, config.model_admin_token)
     ctx = RouterContext(config, store, live, pools, metrics, mirror, registry, source, controller)
     ctx_holder.append(ctx)
@@ -103,7 +103,9 @@ def create_app(
 
     @app.get("/metrics")
     def metrics_endpoint() -> Response:
-        return metrics_response(_ctx().registry)
+        ctx = _ctx()
+        ctx.metrics.flush()  # this worker's latest requests; others flush on their own schedule
+        return metrics_response(ctx.registry)
 
     app.wsgi_app = DataPath(app.wsgi_app, config, live, pools, metrics, mirror)  # type: ignore[method-assign]
     live.start()

@@ -13,9 +13,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import requests
@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.serving import make_server
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 def listening_socket() -> socket.socket:
@@ -181,3 +182,24 @@ def serving_pids(url: str, version: str) -> set[str]:
         labels["pid"] for labels, value in info if labels["version"] != version and value == 1
     }
     return on - elsewhere
+
+
+def settled(read: Callable[[], T], timeout: float = 10.0) -> T:
+    """``read()`` once two reads a few flush intervals apart agree.
+
+    A router worker writes its request tallies to the shared metric files every
+    ``metrics.router.FLUSH_INTERVAL_S``; a scrape served by one worker can lack another's last
+    requests until then. Use this to read exact counts after traffic has stopped.
+    """
+    from metrics.router import FLUSH_INTERVAL_S
+
+    deadline = time.monotonic() + timeout
+    last = read()
+    while True:
+        time.sleep(3 * FLUSH_INTERVAL_S)
+        now = read()
+        if now == last:
+            return now
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"metrics still changing after {timeout} s")
+        last = now

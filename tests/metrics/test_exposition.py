@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from metrics.buckets import LATENCY_BUCKETS
 from tests.metrics.conftest import Routers
 from tests.router.rollout.live import ROWS, metric, scrape
-from tests.servers import ServerProcess, wait_until
+from tests.servers import ServerProcess, settled, wait_until
 
 PROPAGATION_S = 1.0  # the contract: every router worker routes by a change within 1 s
 
@@ -58,7 +58,8 @@ def test_per_version_counters_add_up_across_workers(
     routers: Routers, v1_service: ServerProcess, v2_service: ServerProcess
 ) -> None:
     url = routers.a.url
-    before, v1_before, v2_before = scrape(url), scrape(v1_service.url), scrape(v2_service.url)
+    before = settled(lambda: scrape(url))
+    v1_before, v2_before = scrape(v1_service.url), scrape(v2_service.url)
     sent = {"v1": 0, "v2": 0}
     with ThreadPoolExecutor(8) as pool:
         for _ in range(10):  # until both workers have answered (the kernel picks who accepts)
@@ -75,7 +76,8 @@ def test_per_version_counters_add_up_across_workers(
                 break
     assert len(worker_files(routers.a, "counter")) >= 2, "only one worker answered"
 
-    after, v1_after, v2_after = scrape(url), scrape(v1_service.url), scrape(v2_service.url)
+    after = settled(lambda: scrape(url))
+    v1_after, v2_after = scrape(v1_service.url), scrape(v2_service.url)
     for version, n in sent.items():
         for name in ("router_requests_total", "router_request_duration_seconds_count"):
             assert metric(after, name, version=version) - metric(before, name, version=version) == n

@@ -11,14 +11,19 @@ from metrics.sources import reading_from_metrics
 from metrics.window import Reading, window
 from tests.metrics.conftest import Routers
 from tests.router.rollout.live import ROWS, wait_every_worker_counts
-from tests.servers import wait_until
+from tests.servers import settled, wait_until
 
 INF = float("inf")
 
 
-def read(url: str) -> Reading:
+def read_now(url: str) -> Reading:
     text = requests.get(url + "/metrics", timeout=10).text
     return reading_from_metrics(text_string_to_metric_families(text))
+
+
+def read(url: str) -> Reading:
+    """The router's statistics once every worker has written its request tallies."""
+    return settled(lambda: read_now(url))
 
 
 def send(url: str, version: str, n: int) -> list[int]:

@@ -10,6 +10,7 @@ from scipy.stats import binom
 from tests.reliability.conftest import SETTLE_S, Row
 from tests.reliability.tools import Load, Router
 from tests.router.helpers import metric, post_many, versions
+from tests.servers import settled
 
 CONFIDENCE = 0.999
 
@@ -21,7 +22,10 @@ def binomial_interval(n: int, percent: int) -> tuple[int, int]:
 
 
 def requests_by_version(router: Router) -> dict[str, float]:
-    return {v: metric(router.url, "router_requests_total", version=v) for v in ("v1", "v2")}
+    """Once every worker has written its request tallies (see tests.servers.settled)."""
+    return settled(
+        lambda: {v: metric(router.url, "router_requests_total", version=v) for v in ("v1", "v2")}
+    )
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ from tests.router.helpers import (
     refuses_connections,
     remove_runtime_dirs,
 )
-from tests.servers import ServerProcess, model_service, wait_until
+from tests.servers import ServerProcess, model_service, settled, wait_until
 
 MAX_BODY = 512 * 1024
 TIMEOUT_S = 3
@@ -259,7 +259,9 @@ def test_upstream_5xx_passes_through_and_is_counted(
     after = metric(data_router.url, "router_upstream_errors_total", version="failing",
                    reason="http_5xx")
     assert after - before == 10
-    assert metric(data_router.url, "router_requests_total", version="failing", code="500") >= 10
+    assert settled(
+        lambda: metric(data_router.url, "router_requests_total", version="failing", code="500")
+    ) >= 10
 
 
 # -- what the upstream's answer looks like on the wire ------------------------------------------

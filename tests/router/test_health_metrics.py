@@ -6,7 +6,7 @@ import requests
 
 from tests.router.conftest import StartRouter
 from tests.router.helpers import change, error_of, metric, post_many, put_state, samples, state
-from tests.servers import ServerProcess, free_port
+from tests.servers import ServerProcess, free_port, settled
 
 
 def test_ready_follows_the_stable_service_while_health_stays_up(
@@ -51,12 +51,16 @@ def test_metrics_parse_and_follow_requests_and_changes(shared_router: ServerProc
     assert metric(r.url, "router_traffic_weight", version="v2") == 10
 
     served = {"version": "v1", "code": "200"}
-    before = (metric(r.url, "router_requests_total", **served),
-              metric(r.url, "router_request_duration_seconds_count", version="v1"))
+
+    def counts() -> tuple[float, float]:
+        return (metric(r.url, "router_requests_total", **served),
+                metric(r.url, "router_request_duration_seconds_count", version="v1"))
+
+    before = settled(counts)
     answers = post_many(r.url, [{"X-Route-To": "v1"}] * 30)
     assert all(a.status == 200 for a in answers)
-    assert metric(r.url, "router_requests_total", **served) - before[0] == 30
-    assert metric(r.url, "router_request_duration_seconds_count", version="v1") - before[1] == 30
+    after = settled(counts)
+    assert (after[0] - before[0], after[1] - before[1]) == (30, 30)
 
     changed = change(r.url, strategy="blue-green", stable="v2", candidate="v1")
     assert changed["config_version"] == current["config_version"] + 1
