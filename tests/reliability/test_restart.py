@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from tests.reliability.conftest import Launcher, Row
 from tests.reliability.tools import Load, Router, children
 from tests.router.helpers import metric, predict
-from tests.servers import ServerProcess, wait_until
+from tests.servers import ServerProcess, settled, wait_until
 
 PLAN = {"strategy": "canary", "candidate": "v2", "steps": [20, 40, 60, 80, 100], "interval_s": 2,
         "min_requests": 10, "thresholds": {"max_p99_ratio": 100, "max_error_rate_increase": 0.05}}
@@ -85,7 +86,7 @@ def test_metrics_folder_stays_bounded_while_workers_restart(
                            GUNICORN_MAX_REQUESTS="50", GUNICORN_MAX_REQUESTS_JITTER="0")
     server.wait_ready(60)
     [folder] = tmp_path.glob("model-router-*/prometheus")
-    counted_before = metric(server.url, "router_requests_total")
+    counted_before = settled(lambda: metric(server.url, "router_requests_total"))
     workers_seen = set(children(server.proc.pid))
     sampling = threading.Event()
 
@@ -95,20 +96,25 @@ def test_metrics_folder_stays_bounded_while_workers_restart(
 
     sampler = threading.Thread(target=sample)
     sampler.start()
+    answers: list[Any] = []
+    deadline = time.monotonic() + 90
     try:
         with ThreadPoolExecutor(4) as pool:  # a fresh connection each: any worker may take it
-            answers = list(pool.map(lambda _: predict(server.url), range(1000)))
+            # at least 1000 requests, and on until a restarted worker has been seen (a restart
+            # takes about a second, and 1000 requests may take less)
+            while len(answers) < 1000 or (len(workers_seen) < 3 and time.monotonic() < deadline):
+                answers += pool.map(lambda _: predict(server.url), range(200))
     finally:
         sampling.set()
         sampler.join()
 
-    def settled() -> dict[str, list[str]] | None:
+    def only_live_files() -> dict[str, list[str]] | None:
         owners = metric_files(folder)
         live = {str(pid) for pid in children(server.proc.pid)}
         return owners if set(owners) <= live | {"archive"} else None
 
-    owners = wait_until(settled, timeout=15)
-    counted = metric(server.url, "router_requests_total") - counted_before
+    owners = wait_until(only_live_files, timeout=15)
+    counted = settled(lambda: metric(server.url, "router_requests_total")) - counted_before
     failed = [a for a in answers if a.status != 200]
     live_files = sum(len(names) for owner, names in owners.items() if owner != "archive")
     scenario.record(len(answers), len(failed) + int(len(answers) - counted),
