@@ -108,9 +108,11 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
         except (AttributeError, OSError):
             pass
 
-    from common.pywsgi_fast import OneWriteMixin, RequestHeaders
+    from common.pywsgi_fast import OneWriteMixin, QuietMixin, RequestHeaders, install_cached_date
 
-    class ClosingWhenStopped(OneWriteMixin, handler):  # type: ignore[misc, valid-type]
+    install_cached_date()
+
+    class ClosingWhenStopped(QuietMixin, OneWriteMixin, handler):  # type: ignore[misc, valid-type]
         served = False  # a connection is idle only between requests, never before its first
         MessageClass = RequestHeaders  # header parsing without the email package
 

@@ -11,15 +11,21 @@ One send per small response: gevent writes the status line and headers, then the
 system calls and two TCP segments, so the peer (the router's upstream client, or a client) often
 wakes twice per response. :class:`OneWriteMixin` sends them together when the body is short.
 
-Both are installed by ``common.gunicorn_conf`` on the gevent handler class.
+No access-log record is built when the access log is off (gunicorn's handler builds one for
+every response and then discards it), and the ``Date`` header is formatted once per second
+rather than once per response.
+
+All are installed by ``common.gunicorn_conf`` on the gevent handler class.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 MAX_LINE = 65536
+_format_date_time: Callable[[float], bytes]
 MAX_HEADERS = 100
 _END = (b"\r\n", b"\n", b"")
 
@@ -116,3 +122,36 @@ class OneWriteMixin:
             return
         self._sendall(towrite)  # type: ignore[attr-defined]
         self._write(data)  # type: ignore[attr-defined]
+
+
+class QuietMixin:
+    """For gunicorn's gevent handler: skip building access-log records nobody will write."""
+
+    def log_request(self) -> None:
+        enabled = getattr(self.server.log, "access_log_enabled", True)  # type: ignore[attr-defined]
+        if callable(enabled):  # a property in current gunicorn; allow a method too
+            enabled = enabled()
+        if enabled:
+            super().log_request()  # type: ignore[misc]
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def cached_date(timestamp: float) -> bytes:
+    """gevent's ``format_date_time``, computed once per second."""
+    global _date_cache
+    second = int(timestamp)
+    if _date_cache[0] != second:
+        _date_cache = (second, _format_date_time(second))
+    return _date_cache[1]
+
+
+def install_cached_date() -> None:
+    """Make gevent's handler format its Date header through :func:`cached_date`."""
+    global _format_date_time
+    from gevent import pywsgi
+
+    if pywsgi.format_date_time is not cached_date:
+        _format_date_time = pywsgi.format_date_time
+        pywsgi.format_date_time = cached_date

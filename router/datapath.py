@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -78,7 +77,7 @@ class DataPath:
         started = time.perf_counter()
         deadline = time.monotonic() + self.config.timeout_s
         given_id = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = given_id if _REQUEST_ID.match(given_id) else uuid.uuid4().hex
+        request_id = given_id if _REQUEST_ID.match(given_id) else f"{self.rng.getrandbits(128):032x}"
         snapshot = self.live.current
         version = snapshot.routing.stable
         try:

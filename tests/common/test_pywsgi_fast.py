@@ -89,3 +89,45 @@ def test_a_server_answers_400_to_a_malformed_header_and_keeps_serving(
     )
     ok = _raw(v1_service.url, b"GET /health HTTP/1.1\r\nHost: example\r\nX-A: b\r\n\r\n")
     assert ok.startswith(b"HTTP/1.1 200") and b'"ok"' in ok
+
+
+def test_the_cached_date_is_gevents_format_of_the_same_second() -> None:
+    from gevent import pywsgi
+
+    from common.pywsgi_fast import cached_date, install_cached_date
+
+    original = pywsgi.format_date_time
+    install_cached_date()
+    try:
+        for stamp in (1_700_000_000.2, 1_700_000_000.9, 1_700_000_001.0, 1_800_000_000.5):
+            assert cached_date(stamp) == original(int(stamp))
+    finally:
+        pywsgi.format_date_time = original
+
+
+def test_responses_carry_a_current_date_header(v1_service: ServerProcess) -> None:
+    import email.utils
+    import time
+
+    import requests
+
+    resp = requests.get(v1_service.url + "/health", timeout=10)
+    sent = email.utils.parsedate_to_datetime(resp.headers["Date"]).timestamp()
+    assert abs(sent - time.time()) < 5
+
+
+def test_one_keep_alive_connection_serves_request_after_request(v1_service: ServerProcess) -> None:
+    import http.client
+
+    logged = len(v1_service.log())
+    host, port = v1_service.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        for _ in range(5):
+            conn.request("GET", "/health")
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (200, b'{"status":"ok"}')
+            assert conn.sock is not None  # not closed by the server between requests
+    finally:
+        conn.close()
+    assert "Traceback" not in v1_service.log()[logged:]
