@@ -26,6 +26,7 @@ Hierarchy::
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -149,3 +150,24 @@ def register_error_handlers(app: Flask) -> None:
         log.exception("unhandled error")
         body = {"error": {"code": "internal_error", "message": "internal error; see the server log"}}
         return json_response(body, 500)
+
+
+# -- bare WSGI hot paths (the router's and the model service's POST /predict) ------------------
+_STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
+_POST_ONLY = orjson.dumps(
+    {"error": {"code": "method_not_allowed", "message": "method not allowed; allowed: POST"}}
+)
+
+
+def status_line(status: int) -> str:
+    """The WSGI status string for ``status`` ("404 Not Found")."""
+    return _STATUS_LINES.get(status, f"{status} Unknown")
+
+
+def post_only(start_response: Any) -> list[bytes]:
+    """The JSON 405 of a bare WSGI endpoint that accepts only POST."""
+    start_response("405 Method Not Allowed", [
+        ("Content-Type", "application/json"), ("Allow", "POST"),
+        ("Content-Length", str(len(_POST_ONLY))),
+    ])
+    return [_POST_ONLY]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,6 +22,8 @@ from common.errors import (
     ServiceUnavailable,
     Unprocessable,
     UnsupportedMediaType,
+    post_only,
+    status_line,
 )
 from model_service.inputs import to_matrix
 
@@ -31,10 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
-_STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
-_POST_ONLY = orjson.dumps(
-    {"error": {"code": "method_not_allowed", "message": "method not allowed; allowed: POST"}}
-)
 _INTERNAL = orjson.dumps(
     {"error": {"code": "internal_error", "message": "internal error; see the server log"}}
 )
@@ -51,11 +48,7 @@ class PredictPath:
         if environ.get("PATH_INFO") != "/predict":
             return self.app(environ, start_response)
         if environ.get("REQUEST_METHOD") != "POST":
-            start_response("405 Method Not Allowed", [
-                ("Content-Type", "application/json"), ("Allow", "POST"),
-                ("Content-Length", str(len(_POST_ONLY))),
-            ])
-            return [_POST_ONLY]
+            return post_only(start_response)
         state = self.state
         model = state.holder.current
         version = model.version if model is not None else state.config.version
@@ -71,7 +64,7 @@ class PredictPath:
             status, payload = 500, _INTERNAL
         headers.append(("Content-Length", str(len(payload))))
         state.metrics.request(version, status)
-        start_response(_STATUS_LINES.get(status, f"{status} Unknown"), headers)
+        start_response(status_line(status), headers)
         return [payload]
 
     def _predict(self, environ: dict[str, Any]) -> bytes:

@@ -10,13 +10,14 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable
-from http import HTTPStatus
 from typing import Any
 
 import orjson
 
 from common.body import read_environ_body
-from common.errors import APIError, BadGateway, GatewayTimeout, NotFound, UnsupportedMediaType
+from common.errors import (
+    APIError, BadGateway, GatewayTimeout, NotFound, UnsupportedMediaType, post_only, status_line,
+)
 from metrics.router import RouterMetrics
 from router.config import RouterConfig
 from router.live_state import LiveState
@@ -25,15 +26,10 @@ from router.upstream import Timeout, Unreachable, UpstreamPool, UpstreamResponse
 from strategies import Decision, RequestFacts, route
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
 _DROP_FROM_UPSTREAM = frozenset({"content-length", "date", "server", "x-model-version", "x-request-id"})
 # X-Request-ID is re-added once, as the id the client is told (the given one only if usable).
 _DROP_FROM_CLIENT = frozenset(
     {"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-route-to", "x-request-id"}
-)
-
-_POST_ONLY = orjson.dumps(
-    {"error": {"code": "method_not_allowed", "message": "method not allowed; allowed: POST"}}
 )
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
@@ -69,11 +65,7 @@ class DataPath:
         if environ.get("PATH_INFO") != "/predict":
             return self.fallback_app(environ, start_response)
         if environ.get("REQUEST_METHOD") != "POST":
-            start_response("405 Method Not Allowed", [
-                ("Content-Type", "application/json"), ("Allow", "POST"),
-                ("Content-Length", str(len(_POST_ONLY))),
-            ])
-            return [_POST_ONLY]
+            return post_only(start_response)
         started = time.perf_counter()
         deadline = time.monotonic() + self.config.timeout_s
         given_id = environ.get("HTTP_X_REQUEST_ID", "")
@@ -100,7 +92,7 @@ class DataPath:
         if self.config.request_metrics:
             self.metrics.request(version, snapshot.routing.strategy, status,
                                  time.perf_counter() - started)
-        start_response(_STATUS_LINES.get(status, f"{status} Unknown"), out)
+        start_response(status_line(status), out)
         return [payload]
 
     def _decide(self, environ: dict[str, Any]) -> Decision:
