@@ -12,13 +12,9 @@ from common.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 _READ_CHUNK = 64 * 1024
 
 
-def read_body(request: Request, max_bytes: int) -> bytes:
-    """The raw body, refusing more than ``max_bytes`` whether or not Content-Length is sent."""
-    return read_environ_body(request.environ, max_bytes)
-
-
 def read_environ_body(environ: dict[str, Any], max_bytes: int) -> bytes:
-    """``read_body`` for a bare WSGI environ (chunked bodies arrive without CONTENT_LENGTH)."""
+    """The raw body, refusing more than ``max_bytes`` whether or not Content-Length is sent
+    (chunked bodies arrive without CONTENT_LENGTH)."""
     raw_length = environ.get("CONTENT_LENGTH") or ""
     try:
         length = int(raw_length) if raw_length else None
@@ -41,11 +37,17 @@ def read_environ_body(environ: dict[str, Any], max_bytes: int) -> bytes:
         chunks.append(chunk)
 
 
-def require_json_type(request: Request) -> None:
-    mimetype = request.mimetype
-    if mimetype != "application/json" and not mimetype.endswith("+json"):
+def mimetype(environ: dict[str, Any]) -> str:
+    """The request's media type, lower case, without parameters ("" when none is sent)."""
+    return str(environ.get("CONTENT_TYPE", "")).split(";", 1)[0].strip().lower()
+
+
+def require_json_type(environ: dict[str, Any]) -> None:
+    """application/json or any ``+json`` type, else 415."""
+    mimetype_ = mimetype(environ)
+    if mimetype_ != "application/json" and not mimetype_.endswith("+json"):
         raise UnsupportedMediaType(
-            f"Content-Type must be application/json, got {mimetype or 'none'!r}"
+            f"Content-Type must be application/json, got {mimetype_ or 'none'!r}"
         )
 
 
@@ -61,8 +63,13 @@ def parse_json(raw: bytes) -> Any:
 
 def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     """Content type checked, size limited, parsed, and required to be a JSON object."""
-    require_json_type(request)
-    doc = parse_json(read_body(request, max_bytes))
+    return read_environ_json_object(request.environ, max_bytes)
+
+
+def read_environ_json_object(environ: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    """``read_json_object`` for a bare WSGI environ."""
+    require_json_type(environ)
+    doc = parse_json(read_environ_body(environ, max_bytes))
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_json")
     return doc

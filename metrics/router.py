@@ -30,6 +30,20 @@ FLUSH_INTERVAL_S = 0.1
 _LIVE: weakref.WeakSet[RouterMetrics] = weakref.WeakSet()
 
 
+def _forked() -> None:
+    """A forked child has none of its parent's threads: each tally starts its own flusher.
+
+    Requests the parent counted stay the parent's to write.
+    """
+    for metrics in list(_LIVE):
+        metrics._flushing = False
+        metrics._flush_lock = threading.Lock()
+        metrics._pending.clear()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def flush_all() -> None:
     """Write every pending request tally of this process (a worker's exit hook calls this)."""
     for metrics in list(_LIVE):
@@ -88,7 +102,7 @@ class RouterMetrics:
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._pending: deque[tuple[str, str, int, float]] = deque()
         self._flush_lock = threading.Lock()
-        self._flusher_pid: int | None = None
+        self._flushing = False  # a flusher thread runs in this process
         _LIVE.add(self)
 
     def child(self, metric: Counter | Histogram, *values: str) -> Any:
@@ -102,7 +116,7 @@ class RouterMetrics:
     def request(self, version: str, strategy: str, code: int, seconds: float) -> None:
         """Count one client request (written by :meth:`flush`, at most FLUSH_INTERVAL_S later)."""
         self._pending.append((version, strategy, code, seconds))
-        if self._flusher_pid != os.getpid():
+        if not self._flushing:
             self._start_flusher()
 
     def flush(self) -> None:
@@ -148,9 +162,9 @@ class RouterMetrics:
 
     def _start_flusher(self) -> None:
         with self._flush_lock:
-            if self._flusher_pid == os.getpid():
+            if self._flushing:
                 return
-            self._flusher_pid = os.getpid()
+            self._flushing = True
         ref = weakref.ref(self)
 
         def run() -> None:

@@ -15,13 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from common.body import parse_json, read_environ_body
+from common.body import read_environ_json_object
 from common.errors import (
     APIError,
-    BadRequest,
     ServiceUnavailable,
     Unprocessable,
-    UnsupportedMediaType,
     post_only,
     status_line,
 )
@@ -73,12 +71,7 @@ class PredictPath:
         model = state.holder.current
         if model is None:
             raise ServiceUnavailable(f"model not loaded: {state.holder.load_error}", code="not_ready")
-        ctype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
-        if ctype != "application/json" and not ctype.endswith("+json"):
-            raise UnsupportedMediaType(f"Content-Type must be application/json, got {ctype or 'none'!r}")
-        doc = parse_json(read_environ_body(environ, cfg.max_body_bytes))
-        if not isinstance(doc, dict):
-            raise BadRequest("request body must be a JSON object", code="invalid_json")
+        doc = read_environ_json_object(environ, cfg.max_body_bytes)
         matrix = to_matrix(doc, model.feature_names, cfg.max_rows)
         if cfg.fault_latency_ms:
             time.sleep(cfg.fault_latency_ms / 1000.0)

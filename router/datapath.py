@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from common.body import read_environ_body
+from common.body import mimetype, read_environ_body
 from common.errors import (
     APIError, BadGateway, GatewayTimeout, NotFound, UnsupportedMediaType, post_only, status_line,
 )
@@ -122,7 +122,7 @@ class DataPath:
         return peer
 
     def _read(self, environ: dict[str, Any]) -> bytes:
-        ctype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+        ctype = mimetype(environ)
         if ctype != "application/json":
             raise UnsupportedMediaType(
                 f"Content-Type must be application/json, got {ctype or 'none'!r}"

@@ -216,3 +216,31 @@ def test_routing_gauges_follow_every_change_on_every_instance(routers: Routers) 
     state = a.call("POST", "/admin/rollback")
     assert state["stable"] == "v1"
     wait_for_gauges(routers.b.url, {"v1": 100, "v2": 0, "v3": 0}, state["config_version"])
+
+
+def test_a_forked_child_flushes_its_own_requests_only() -> None:
+    """The tally of a process that forks: the child writes what it counts, never the parent's."""
+    import os
+
+    from prometheus_client import CollectorRegistry
+
+    from metrics.router import RouterMetrics
+
+    metrics = RouterMetrics(CollectorRegistry())
+    metrics.request("v1", "canary", 200, 0.002)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: counts one request of its own
+        try:
+            metrics.request("v1", "canary", 200, 0.002)
+            metrics.flush()
+            value = metrics.requests.labels(version="v1", strategy="canary", code="200")._value.get()
+            os.write(write, str(value).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    seen = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    metrics.flush()
+    assert seen == "1.0"
+    assert metrics.requests.labels(version="v1", strategy="canary", code="200")._value.get() == 1
