@@ -64,6 +64,9 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
         archive_dead_worker(worker.pid)
 
 
+IDLE_GRACE_S = 1.0  # after the signal, before idle keep-alive connections are ended
+
+
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
     """gevent WSGI workers: at shutdown, close connections that sit idle between requests.
 
@@ -122,15 +125,22 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
                 return super().read_requestline()
             waiting.add(self)
             try:
-                if not worker.alive:
+                if cutting:
                     stop_reading(self)
                 return super().read_requestline()
             finally:
                 waiting.discard(self)
 
+    cutting: list[bool] = []  # true once idle connections are being ended
+
     def close_idle_on_shutdown() -> None:
         while worker.alive:
             gevent.sleep(0.1)
+        # A request a client began before the signal may still be on its way (a busy client
+        # can be descheduled between connecting and sending): give it time to arrive and be
+        # served before idle connections are ended.
+        gevent.sleep(IDLE_GRACE_S)
+        cutting.append(True)
         for conn in list(waiting):
             stop_reading(conn)
 
