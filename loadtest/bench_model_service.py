@@ -8,8 +8,10 @@ reported (the machine may be small and shared):
   client, so the client's own parsing is not counted), against ``predict_matrix`` on the same
   row in this process: p50 and p99, and what HTTP adds at p50;
 - 1000-row requests: what the service adds per row on top of the pipeline's own predict;
-- batch scoring of a 100,000-row CSV (``model_service.batch.score_csv``) against predicting the
-  same rows already in memory and against a scorer that reads the whole CSV with pandas;
+- batch scoring of a 100,000-row CSV (``model_service.batch.score_csv``, streamed) against
+  in-process prediction on the same CSV rows (pandas reads the whole file, predict, pandas
+  writes); for reference, predicting the rows already in memory, and reading the CSV alone, the
+  floor under any scorer that starts from CSV;
 - peak memory of batch runs over 10,000 and 100,000 rows, each in a fresh process.
 
 Uses ``artifacts/`` when both versions are trained there, else trains into a temporary folder.
@@ -242,6 +244,13 @@ def _pandas_scorer(model: Any, source: Path, target: Path) -> None:
     out.to_csv(target, index=False, float_format="%.6f")
 
 
+def _pandas_read(model: Any, source: Path) -> None:
+    """Only reading the file's feature columns into a matrix: a floor for any CSV scorer."""
+    import pandas as pd
+
+    pd.read_csv(source, usecols=list(model.feature_names)).to_numpy(np.float64)
+
+
 def _batch_rows(
     version: str, artifacts: Path, model: Any, data: np.ndarray, scratch: Path, quick: bool
 ) -> list[dict[str, Any]]:
@@ -254,42 +263,43 @@ def _batch_rows(
     if not source.exists():
         _write_csv(source, data, list(model.feature_names), n)
     matrix = data[np.arange(n) % len(data)]
-    seconds: dict[str, list[float]] = {"batch": [], "memory": [], "pandas": []}
+    runs: dict[str, Callable[[], Any]] = {
+        "batch": lambda: score_csv(artifacts, version, source, scratch / "out.csv", progress=False),
+        "pandas": lambda: _pandas_scorer(model, source, scratch / "pandas.csv"),
+        "memory": lambda: predict_matrix(model, matrix),
+        "read": lambda: _pandas_read(model, source),
+    }
+    seconds: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(rounds):
-        started = time.perf_counter()
-        report = score_csv(artifacts, version, source, scratch / "out.csv", progress=False)
-        seconds["batch"].append(time.perf_counter() - started)
-        assert report.rows_ok == n and report.rows_bad == 0
-        started = time.perf_counter()
-        predict_matrix(model, matrix)
-        seconds["memory"].append(time.perf_counter() - started)
-        started = time.perf_counter()
-        _pandas_scorer(model, source, scratch / "pandas.csv")
-        seconds["pandas"].append(time.perf_counter() - started)
+        for name, work in runs.items():
+            started = time.perf_counter()
+            result = work()
+            seconds[name].append(time.perf_counter() - started)
+            if name == "batch":
+                assert result.rows_ok == n and result.rows_bad == 0
     rate = {k: n / statistics.median(v) for k, v in seconds.items()}
     vs_pandas = rate["batch"] / rate["pandas"]
-    vs_memory = rate["batch"] / rate["memory"]
     return [
-        _row(f"{version} batch score_csv, {n:,}-row CSV", f"{rate['batch']:,.0f} rows/s"),
+        _row(f"{version} batch score_csv, {n:,}-row CSV, streamed", f"{rate['batch']:,.0f} rows/s"),
         _row(
-            f"{version} (b) in-memory CSV scorer: pandas reads it all, predict, write",
+            f"{version} in-process predict on the same CSV rows: pandas reads them all, "
+            "predict, pandas writes",
             f"{rate['pandas']:,.0f} rows/s",
         ),
         _row(
-            f"{version} batch / (b): the target's baseline",
+            f"{version} batch / in-process predict on the same CSV rows",
             f"{vs_pandas:.0%}",
             ">= 80%",
             _verdict(vs_pandas >= 0.8),
         ),
         _row(
-            f"{version} (a) predict_proba on the rows already in memory, no CSV",
-            f"{rate['memory']:,.0f} rows/s",
+            f"{version} for reference: predict_proba on rows already in memory (no CSV) / "
+            "reading the CSV alone",
+            f"{rate['memory']:,.0f} / {rate['read']:,.0f} rows/s",
         ),
         _row(
-            f"{version} batch / (a): ceiling, CSV parsing and writing excluded",
-            f"{vs_memory:.0%}",
-            ">= 80%",
-            _verdict(vs_memory >= 0.8),
+            f"{version} for reference: batch / in-memory predict; reading alone / in-memory predict",
+            f"{rate['batch'] / rate['memory']:.0%}; {rate['read'] / rate['memory']:.0%}",
         ),
     ]
 

@@ -15,6 +15,7 @@ import pytest
 
 from model_service.__main__ import main
 from model_service.artifacts import load_artifact
+from model_service.batch import _fixed6
 from tests.model_service.conftest import rows_of
 from tests.servers import ROOT
 
@@ -33,6 +34,11 @@ def _batch(artifacts: Path, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
+
+
+def _score(artifacts: Path, *args: str) -> int:
+    """The batch command in this process, without a progress bar; returns its exit code."""
+    return main(["batch", "--artifacts", str(artifacts), "--quiet", *args])
 
 
 def _number(value: float) -> str:
@@ -109,6 +115,11 @@ def test_batch_scores_good_rows_like_in_process_and_lists_bad_ones(
         pipeline.predict_proba(rows),
         atol=5e-7,
     )
+    # the digits are those "%.6f" writes for the probabilities the service computes
+    proba = load_artifact(artifacts, "v1").predict_proba(rows)
+    assert [row[2:] for row in table[1:]] == [
+        [f"{p:.6f}" for p in probs] for probs in proba.tolist()
+    ]
 
     errors = _read_csv(out.with_suffix(".errors.csv"))
     assert errors[0] == ["line", "reason"]
@@ -125,21 +136,7 @@ def test_without_an_id_column_the_input_columns_are_kept(
     rows = rows_of(dataset, 40, start=300)
     lines = [",".join(_number(v) for v in row) for row in rows]
     _write_csv(source, features, lines)
-    assert (
-        main(
-            [
-                "batch",
-                "--version",
-                "v2",
-                "--artifacts",
-                str(artifacts),
-                "--quiet",
-                str(source),
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert _score(artifacts, "--version", "v2", str(source), str(out)) == 0
     table = _read_csv(out)
     assert table[0] == [*features, "prediction", *PROBABILITY_COLUMNS]
     assert [",".join(row[:30]) for row in table[1:]] == lines
@@ -164,21 +161,7 @@ def test_columns_in_any_order_with_extra_ones_and_quoted_ids(
                 ["n/a", *[values[f] for f in order[:10]], patient, *[values[f] for f in order[10:]]]
             )
     assert (
-        main(
-            [
-                "batch",
-                "--version",
-                "v1",
-                "--artifacts",
-                str(artifacts),
-                "--quiet",
-                "--id-column",
-                "patient",
-                str(source),
-                str(out),
-            ]
-        )
-        == 0
+        _score(artifacts, "--version", "v1", "--id-column", "patient", str(source), str(out)) == 0
     )
     table = _read_csv(out)
     assert table[0] == ["patient", "prediction", *PROBABILITY_COLUMNS]
@@ -219,6 +202,7 @@ def test_missing_feature_column_exits_2_naming_it(
         ("missing input", ["--version", "v1", "--input-missing"], "does not exist"),
         ("unknown id column", ["--version", "v1", "--id-column", "patient"], "not in the header"),
         ("empty file", ["--version", "v1", "--empty"], "empty"),
+        ("no rows per chunk", ["--version", "v1", "--chunk-rows", "0"], "at least 1 row"),
     ],
 )
 def test_unusable_batch_exits_2_with_a_message(
@@ -238,17 +222,7 @@ def test_unusable_batch_exits_2_with_a_message(
     if "--empty" in args:
         args.remove("--empty")
         source.write_text("")
-    code = main(
-        [
-            "batch",
-            "--artifacts",
-            str(artifacts),
-            "--quiet",
-            *args,
-            str(source),
-            str(tmp_path / "out.csv"),
-        ]
-    )
+    code = _score(artifacts, *args, str(source), str(tmp_path / "out.csv"))
     assert code == 2
     assert words in capsys.readouterr().err
 
@@ -256,21 +230,7 @@ def test_unusable_batch_exits_2_with_a_message(
 def test_no_good_rows_exits_1(artifacts: Path, features: list[str], tmp_path: Path) -> None:
     source, out = tmp_path / "all-bad.csv", tmp_path / "out.csv"
     _write_csv(source, features, [",".join(["x"] * 30), ",".join(["nan"] * 30)])
-    assert (
-        main(
-            [
-                "batch",
-                "--version",
-                "v1",
-                "--artifacts",
-                str(artifacts),
-                "--quiet",
-                str(source),
-                str(out),
-            ]
-        )
-        == 1
-    )
+    assert _score(artifacts, "--version", "v1", str(source), str(out)) == 1
     assert len(_read_csv(out.with_suffix(".errors.csv"))) == 3
 
 
@@ -351,3 +311,89 @@ def test_memory_stays_flat_as_the_file_grows(
     extra_text = paths["large"].stat().st_size - paths["small"].stat().st_size
     # holding the extra 50,000 rows at once would cost at least their CSV text
     assert peaks["large"] - peaks["small"] < extra_text, (peaks, extra_text)
+
+
+def test_probability_text_matches_percent_format_at_every_edge() -> None:
+    """The vectorised six-decimal writer gives exactly the digits of ``"%.6f"``."""
+    rng = np.random.default_rng(11)
+    edges = [
+        0.0,
+        1.0,
+        -0.0,
+        5e-7,
+        1.5e-6,
+        2.5e-6,
+        0.5,
+        0.9999995,
+        1 - 1e-12,
+        1e-300,
+        np.nextafter(0.0000005, 1),
+        np.nextafter(0.0000005, 0),
+        0.1234565,
+        0.1234575,
+        1 + 1e-12,
+        float("nan"),
+        -1e-9,
+    ]
+    # each edge beside a plain value, so a row written by "%.6f" as a whole cannot hide it
+    edges = [v for edge in edges for v in (edge, 0.25)]
+    halves = (np.arange(1000) + 0.5) / 1e6  # near every tie in [0, 0.001)
+    values = np.concatenate(
+        [
+            rng.random(20_000),
+            np.array(edges),
+            halves,
+            np.nextafter(halves, 0),
+            np.nextafter(halves, 1),
+        ]
+    )
+    if len(values) % 2:
+        values = values[:-1]
+    proba = values.reshape(-1, 2)
+    expected = [("".join(f",{p:.6f}" for p in row) + "\n").encode() for row in proba.tolist()]
+    assert _fixed6(proba) == expected
+    three = rng.random((50, 3))
+    assert _fixed6(three) == [
+        ("".join(f",{p:.6f}" for p in row) + "\n").encode() for row in three.tolist()
+    ]
+
+
+def test_crlf_lines_a_byte_order_mark_and_no_final_newline(
+    artifacts: Path, dataset: Any, features: list[str], tmp_path: Path
+) -> None:
+    """Windows line ends and a BOM are read like plain lines; a last line without newline is scored."""
+    source, out = tmp_path / "windows.csv", tmp_path / "windows.out.csv"
+    rows = rows_of(dataset, 25)
+    lines = [f"r{i}," + ",".join(_number(v) for v in row) for i, row in enumerate(rows)]
+    source.write_bytes(
+        ("\ufeff" + ",".join(["id", *features]) + "\r\n").encode() + "\r\n".join(lines).encode()
+    )
+    assert _score(artifacts, "--version", "v1", "--chunk-rows", "7", str(source), str(out)) == 0
+    table = _read_csv(out)
+    assert table[0] == ["id", "prediction", *PROBABILITY_COLUMNS]
+    assert [row[0] for row in table[1:]] == [f"r{i}" for i in range(25)]
+    pipeline = load_artifact(artifacts, "v1").pipeline
+    assert [int(row[1]) for row in table[1:]] == pipeline.predict(rows).tolist()
+
+
+def test_quoted_ids_in_small_chunks_beside_bad_rows(
+    artifacts: Path, dataset: Any, features: list[str], tmp_path: Path
+) -> None:
+    """Chunks that need the line-by-line reader and chunks that do not give the same columns."""
+    source, out = tmp_path / "quoted.csv", tmp_path / "quoted.out.csv"
+    rows = rows_of(dataset, 12)
+    ids = [f'"Doe, {i}"' if i % 3 == 0 else f"p{i}" for i in range(12)]
+    lines = [
+        f"{ident}," + ",".join(_number(v) for v in row)
+        for ident, row in zip(ids, rows, strict=True)
+    ]
+    lines.insert(5, '"bad, 1",' + ",".join(["x"] * 30))
+    _write_csv(source, ["id", *features], lines)
+    assert _score(artifacts, "--version", "v2", "--chunk-rows", "4", str(source), str(out)) == 0
+    table = _read_csv(out)
+    assert [row[0] for row in table[1:]] == [i.strip('"') for i in ids]
+    assert all(len(row) == 4 for row in table)
+    pipeline = load_artifact(artifacts, "v2").pipeline
+    assert [int(row[1]) for row in table[1:]] == pipeline.predict(rows).tolist()
+    errors = _read_csv(out.with_suffix(".errors.csv"))
+    assert [int(line) for line, _ in errors[1:]] == [7]
