@@ -6,15 +6,16 @@ from typing import Any
 
 import orjson
 from flask import Request
+from werkzeug.exceptions import ClientDisconnected
 
-from common.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from common.errors import BadRequest, IncompleteBody, PayloadTooLarge, UnsupportedMediaType
 
 _READ_CHUNK = 64 * 1024
 
 
 def read_environ_body(environ: dict[str, Any], max_bytes: int) -> bytes:
     """The raw body, refusing more than ``max_bytes`` whether or not Content-Length is sent
-    (chunked bodies arrive without CONTENT_LENGTH)."""
+    (chunked bodies arrive without CONTENT_LENGTH), and a body cut short as a 400."""
     raw_length = environ.get("CONTENT_LENGTH") or ""
     try:
         length = int(raw_length) if raw_length else None
@@ -23,18 +24,32 @@ def read_environ_body(environ: dict[str, Any], max_bytes: int) -> bytes:
     if length is not None and length > max_bytes:
         raise PayloadTooLarge(f"request body is {length} bytes; the limit is {max_bytes} bytes")
     stream = environ["wsgi.input"]
-    if length is not None:
-        return stream.read(length) if length > 0 else b""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = stream.read(_READ_CHUNK)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        if length is not None:
+            body = stream.read(length) if length > 0 else b""
+            if len(body) < length:
+                raise OSError("the body ended early")
+            return body
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = stream.read(_READ_CHUNK)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+    except (OSError, ClientDisconnected):
+        if length is not None:
+            raise IncompleteBody(
+                f"the request body ended before its Content-Length of {length} bytes; "
+                "send the whole body, or a Content-Length that matches it"
+            ) from None
+        raise IncompleteBody(
+            "the request body's chunked encoding is malformed or ends early; send hexadecimal "
+            "chunk sizes, each chunk followed by CRLF, and a last chunk of size 0"
+        ) from None
 
 
 def mimetype(environ: dict[str, Any]) -> str:

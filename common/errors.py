@@ -10,6 +10,7 @@ Hierarchy::
 
     APIError
     ├── BadRequest            400  malformed body (not JSON, not an object)
+    │   └── IncompleteBody    400  body cut short or bad chunked encoding (connection closed)
     ├── Unauthorized          401  missing or wrong bearer token
     ├── NotFound              404  unknown route or unknown version
     ├── Conflict              409  the request conflicts with the current state
@@ -41,6 +42,7 @@ class APIError(Exception):
 
     status = 500
     code = "internal_error"
+    headers: tuple[tuple[str, str], ...] = ()  # extra response headers
 
     def __init__(self, message: str, *, code: str | None = None, details: Any = None) -> None:
         super().__init__(message)
@@ -60,8 +62,19 @@ class BadRequest(APIError):
     status, code = 400, "bad_request"
 
 
+class IncompleteBody(BadRequest):
+    """The body ended before its declared length, or its chunked framing is broken.
+
+    The connection's byte stream can no longer be trusted, so the response closes it.
+    """
+
+    code = "incomplete_body"
+    headers = (("Connection", "close"),)
+
+
 class Unauthorized(APIError):
     status, code = 401, "unauthorized"
+    headers = (("WWW-Authenticate", 'Bearer realm="admin"'),)
 
 
 class NotFound(APIError):
@@ -120,8 +133,7 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error_response(err: APIError) -> Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="admin"'} if err.status == 401 else None
-    return json_response(err.body(), err.status, headers)
+    return json_response(err.body(), err.status, dict(err.headers) or None)
 
 
 def register_error_handlers(app: Flask) -> None:

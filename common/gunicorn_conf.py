@@ -79,14 +79,18 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
         return
     _count_requests(worker)
     import fcntl
-    import socket
     import struct
     import termios
     from typing import Any
 
     import gevent
 
-    waiting: set[Any] = set()  # handlers reading the next request line of their connection
+    from common.pywsgi_fast import OneWriteMixin, QuietMixin, RequestHeaders, install_cached_date
+
+    install_cached_date()
+
+    # handler -> its greenlet, while it waits for the next request line of its connection
+    waiting: dict[Any, Any] = {}
 
     def pending(conn: Any) -> int:
         """Bytes the client has sent that this connection has not read yet."""
@@ -96,24 +100,17 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
         except (AttributeError, OSError, ValueError):
             return 0
 
-    def stop_reading(conn: Any) -> None:
-        """End-of-file for the next read of an idle connection, unless a request is arriving.
+    def end_if_idle(conn: Any) -> None:
+        """Run by the event loop: end a connection still waiting with nothing received.
 
-        A request whose first bytes are already here may still be missing its body (a client
-        can send head and body separately): cutting the read side then would fail a request the
-        client sent before the signal. Such a connection is served, and stopped when it next
-        waits for a request.
+        Its greenlet is stopped where it waits, before it has read a byte of a next request,
+        so no request is ever half read: one whose first bytes are already here is served,
+        and a request sent after this point finds the connection closed, unanswered (safe to
+        send again), as with any server that ends idle keep-alive connections.
         """
-        if pending(conn):
-            return
-        try:
-            conn.socket.shutdown(socket.SHUT_RD)
-        except (AttributeError, OSError):
-            pass
-
-    from common.pywsgi_fast import OneWriteMixin, QuietMixin, RequestHeaders, install_cached_date
-
-    install_cached_date()
+        glet = waiting.get(conn)
+        if glet is not None and not pending(conn):
+            glet.throw(gevent.GreenletExit)
 
     class ClosingWhenStopped(QuietMixin, OneWriteMixin, handler):  # type: ignore[misc, valid-type]
         served = False  # a connection is idle only between requests, never before its first
@@ -123,13 +120,13 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
             if not self.served:  # accepted, so its request is coming: serve it (as gunicorn does)
                 self.served = True
                 return super().read_requestline()
-            waiting.add(self)
+            if cutting and not pending(self):
+                return b""  # ends the connection: nothing of a next request has arrived
+            waiting[self] = gevent.getcurrent()
             try:
-                if cutting:
-                    stop_reading(self)
                 return super().read_requestline()
             finally:
-                waiting.discard(self)
+                waiting.pop(self, None)
 
     cutting: list[bool] = []  # true once idle connections are being ended
 
@@ -141,8 +138,9 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
         # served before idle connections are ended.
         gevent.sleep(IDLE_GRACE_S)
         cutting.append(True)
+        loop = gevent.get_hub().loop
         for conn in list(waiting):
-            stop_reading(conn)
+            loop.run_callback(end_if_idle, conn)
 
     worker.wsgi_handler = ClosingWhenStopped
     gevent.spawn(close_idle_on_shutdown)

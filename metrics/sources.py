@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -110,23 +111,34 @@ class LocalSource:
 
 
 class PrometheusSource:
-    """Statistics of every router instance, through PromQL over Prometheus's HTTP API."""
+    """Statistics of every router instance, through PromQL over Prometheus's HTTP API.
 
+    Prometheus keeps one series per router instance. The source reads each instance's counters
+    (summed over its other labels) and adds them up itself, counting each one on from where it
+    was when its instance restarted (its counters fell) or vanished (no longer scraped), as
+    Prometheus's ``increase`` does. Summed inside PromQL, one instance's restart would make the
+    total fall and look like every instance restarting at once.
+    """
+
+    _BY = "job, instance"
     QUERIES = {
-        "requests": "sum by (version) (router_requests_total)",
-        "errors": "sum by (version) (router_upstream_errors_total)",
-        "unreachable": 'sum by (version) (router_upstream_errors_total{reason=~"%s"})'
+        "requests": f"sum by ({_BY}, version) (router_requests_total)",
+        "errors": f"sum by ({_BY}, version) (router_upstream_errors_total)",
+        "unreachable": f'sum by ({_BY}, version) (router_upstream_errors_total{{reason=~"%s"}})'
         % "|".join(sorted(UNREACHABLE_REASONS)),
-        "gateway": 'sum by (version) (router_requests_total{code="502"})',
-        "latency": "sum by (version, le) (router_request_duration_seconds_bucket)",
-        "shadow_latency": "sum by (version, le) (router_shadow_duration_seconds_bucket)",
-        "shadow": "sum by (version, outcome) (router_shadow_requests_total)",
-        "compare": "sum by (candidate, result) (router_shadow_comparisons_total)",
+        "gateway": f'sum by ({_BY}, version) (router_requests_total{{code="502"}})',
+        "latency": f"sum by ({_BY}, version, le) (router_request_duration_seconds_bucket)",
+        "shadow_latency": f"sum by ({_BY}, version, le) (router_shadow_duration_seconds_bucket)",
+        "shadow": f"sum by ({_BY}, version, outcome) (router_shadow_requests_total)",
+        "compare": f"sum by ({_BY}, candidate, result) (router_shadow_comparisons_total)",
     }
 
     def __init__(self, url: str, timeout_s: float = 2.0) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        # (query, labels) -> [last value seen, total counted before its resets]
+        self._series: dict[tuple[str, frozenset[tuple[str, str]]], list[float]] = {}
 
     def query(self, promql: str) -> list[dict]:  # type: ignore[type-arg]
         try:
@@ -139,38 +151,53 @@ class PrometheusSource:
             raise SourceUnavailable(f"Prometheus refused {promql!r}: {body.get('error', resp.status_code)}")
         return list(body["data"]["result"])
 
+    def _counted(self, answers: dict[str, list[dict]]) -> list[tuple[str, dict[str, str], float]]:  # type: ignore[type-arg]
+        """Every series ever seen, as (query, labels, count so far, resets included)."""
+        with self._lock:
+            for key, series_list in answers.items():
+                for series in series_list:
+                    value = float(series["value"][1])
+                    if value != value:  # NaN: no sample yet
+                        continue
+                    labels = frozenset(series["metric"].items())
+                    seen = self._series.setdefault((key, labels), [0.0, 0.0])
+                    if value < seen[0]:  # the instance restarted: its counter began again at 0
+                        seen[1] += seen[0]
+                    seen[0] = value
+            return [(key, dict(labels), last + before)
+                    for (key, labels), (last, before) in self._series.items()]
+
     def read(self) -> Reading:
+        answers = {key: self.query(promql) for key, promql in self.QUERIES.items()}
         reading: Reading = {}
         unreachable: dict[str, float] = {}
         gateway: dict[str, float] = {}
-        for key, promql in self.QUERIES.items():
-            for series in self.query(promql):
-                labels, value = series["metric"], float(series["value"][1])
-                version = labels.get("version") or labels.get("candidate")
-                if version is None:
-                    continue
-                counts = _counts(reading, version)
-                if key == "requests":
-                    counts.requests += value
-                elif key == "errors":
-                    counts.errors += value
-                elif key == "unreachable":
-                    unreachable[version] = value
-                elif key == "gateway":
-                    gateway[version] = value
-                elif key in ("latency", "shadow_latency"):
-                    target = counts.latency_buckets if key == "latency" else counts.shadow_latency_buckets
-                    le = float(labels["le"])
-                    target[le] = target.get(le, 0.0) + value
-                elif key == "shadow":
-                    if labels["outcome"] != "dropped":
-                        counts.shadow_requests += value
-                        if labels["outcome"] != "ok":
-                            counts.shadow_errors += value
-                elif key == "compare":
-                    if labels["result"] == "agree":
-                        counts.agree += value
-                    else:
-                        counts.disagree += value
+        for key, labels, value in self._counted(answers):
+            version = labels.get("version") or labels.get("candidate")
+            if version is None:
+                continue
+            counts = _counts(reading, version)
+            if key == "requests":
+                counts.requests += value
+            elif key == "errors":
+                counts.errors += value
+            elif key == "unreachable":
+                unreachable[version] = unreachable.get(version, 0.0) + value
+            elif key == "gateway":
+                gateway[version] = gateway.get(version, 0.0) + value
+            elif key in ("latency", "shadow_latency"):
+                target = counts.latency_buckets if key == "latency" else counts.shadow_latency_buckets
+                le = float(labels["le"])
+                target[le] = target.get(le, 0.0) + value
+            elif key == "shadow":
+                if labels["outcome"] != "dropped":
+                    counts.shadow_requests += value
+                    if labels["outcome"] != "ok":
+                        counts.shadow_errors += value
+            elif key == "compare":
+                if labels["result"] == "agree":
+                    counts.agree += value
+                else:
+                    counts.disagree += value
         _add_unreachable(reading, unreachable, gateway)
         return reading

@@ -57,6 +57,7 @@ class PredictPath:
             headers.append(("X-Model-Version", version))
         except APIError as err:
             status, payload = err.status, orjson.dumps(err.body())
+            headers += err.headers
         except Exception:  # the contract's JSON 500, never a bare traceback page
             log.exception("unhandled error in POST /predict")
             status, payload = 500, _INTERNAL

@@ -86,7 +86,7 @@ class DataPath:
                 self.mirror.submit(MirrorJob(version, decision.mirror_to, body, headers, payload))
         except APIError as err:
             status, payload = err.status, orjson.dumps(err.body())
-            out = [("Content-Type", "application/json")]
+            out = [("Content-Type", "application/json"), *err.headers]
         out += [("Content-Length", str(len(payload))), ("X-Model-Version", version),
                 ("X-Request-ID", request_id)]
         if self.config.request_metrics:

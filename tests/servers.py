@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
-def listening_socket() -> socket.socket:
+def listening_socket(port: int = 0) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
@@ -65,8 +65,8 @@ class ServerProcess:
     """A gunicorn-served role (``python -m model_service serve`` or ``python -m router serve``)."""
 
     def __init__(self, argv: list[str], env: Mapping[str, str], log_path: Path,
-                 ready_path: str = "/ready") -> None:
-        self.sock = listening_socket()
+                 ready_path: str = "/ready", port: int = 0) -> None:
+        self.sock = listening_socket(port)  # port 0: an ephemeral one
         self.port = int(self.sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -151,8 +151,8 @@ class InProcessServer:
 
 
 def router(upstreams: Mapping[str, str], log_dir: Path, state_url: str, token: str | None = "admin-secret",
-           **env: str) -> ServerProcess:
-    """Start ``python -m router serve`` on an ephemeral port in front of ``upstreams``."""
+           port: int = 0, **env: str) -> ServerProcess:
+    """Start ``python -m router serve`` in front of ``upstreams``, on ``port`` or an ephemeral one."""
     full = {
         "ROUTER_UPSTREAMS": ",".join(f"{k}={v}" for k, v in upstreams.items()),
         "ROUTER_STATE_URL": state_url,
@@ -160,7 +160,8 @@ def router(upstreams: Mapping[str, str], log_dir: Path, state_url: str, token: s
     }
     if token:
         full["ROUTER_ADMIN_TOKEN"] = token
-    return ServerProcess(["-m", "router", "serve"], full, log_dir / f"router-{time.monotonic_ns()}.log")
+    return ServerProcess(["-m", "router", "serve"], full, log_dir / f"router-{time.monotonic_ns()}.log",
+                         port=port)
 
 
 def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:

@@ -20,9 +20,12 @@ import pytest
 import requests
 
 from metrics.sources import PrometheusSource
-from metrics.window import VersionCounts
+from metrics.window import VersionCounts, window
 from tests.router.rollout.live import Admin, Traffic, metric, scrape, shut
+from tests.router.helpers import PREDICT_BODY
 from tests.servers import ServerProcess, free_port, router, wait_until
+
+JSON = {"Content-Type": "application/json"}
 
 pytestmark = pytest.mark.slow
 
@@ -195,3 +198,68 @@ def test_prometheus_reads_per_version_rate_latency_and_counts(
             15,
             interval=0.5,
         )
+
+
+def test_an_instance_restarting_or_leaving_does_not_lower_the_totals(
+    prometheus_binary: str,
+    v1_service: ServerProcess,
+    v2_service: ServerProcess,
+    log_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """Two router instances; one restarts on its port (its counters begin again at 0), then
+    goes away. PrometheusSource goes on counting from where each instance was, so the totals
+    never fall and a window holds only the requests made in it."""
+    upstreams = {"v1": v1_service.url, "v2": v2_service.url}
+    first = router(upstreams, log_dir, f"sqlite:///{tmp_path / 'a.db'}")
+    second = router(upstreams, log_dir, f"sqlite:///{tmp_path / 'b.db'}")
+    port = second.port
+    prometheus = Prometheus(
+        prometheus_binary, tmp_path, {"router": [s.url.removeprefix("http://") for s in (first, second)]}
+    )
+    servers = [first, second]
+    try:
+        for server in servers:
+            server.wait_ready()
+        prometheus.wait_ready()
+        source = PrometheusSource(prometheus.url)
+
+        def send(server: ServerProcess, count: int) -> None:
+            for _ in range(count):
+                resp = requests.post(server.url + "/predict", data=PREDICT_BODY, headers=JSON, timeout=10)
+                assert resp.status_code == 200, resp.text
+
+        def totals_reach(requests_: float) -> Any:
+            return wait_until(
+                lambda: (r := source.read()).get("v1") and r["v1"].requests == requests_ and r, 20, 0.5
+            )
+
+        def instance_count(server_port: int) -> float | None:
+            for series in prometheus.query("sum by (instance) (router_requests_total)"):
+                if series["metric"]["instance"] == f"127.0.0.1:{server_port}":
+                    return float(series["value"][1])
+            return None
+
+        send(first, 20)
+        send(second, 30)
+        before = totals_reach(50)
+
+        shut(second)
+        servers[1] = second = router(upstreams, log_dir, f"sqlite:///{tmp_path / 'b.db'}", port=port)
+        second.wait_ready()
+        send(second, 10)
+        wait_until(lambda: instance_count(port) == 10, 20, 0.5)  # Prometheus saw the restart
+        after_restart = source.read()
+        assert after_restart["v1"].requests == 60
+        assert window(after_restart, before)["v1"].requests == 10
+        assert after_restart["v1"].latency_buckets[float("inf")] == 60
+
+        shut(second)
+        wait_until(lambda: instance_count(port) is None, 20, 0.5)  # its series went stale
+        send(first, 5)
+        after_leaving = totals_reach(65)
+        assert window(after_leaving, after_restart)["v1"].requests == 5
+    finally:
+        prometheus.stop()
+        for server in servers:
+            shut(server)

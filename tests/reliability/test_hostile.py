@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 from router.app import create_app
 from router.config import RouterConfig
 from tests.reliability.conftest import Fakes, Gateway, Row
+from tests.router.helpers import ADMIN_TOKEN
 from tests.reliability.tools import post_raw
 from tests.router.helpers import ROW, Answer, error_of
 from tests.servers import InProcessServer, ServerProcess
@@ -180,3 +183,74 @@ def test_hop_by_hop_credentials_and_spoofed_forwarded_for_stop_at_the_router(
     assert not_the_peer == ["127.0.0.1"]
     assert chained == ["203.0.113.7, 198.51.100.1, 127.0.0.1"]
     assert direct == ["127.0.0.1"]
+
+
+def _raw_exchange(url: str, request: bytes) -> tuple[bytes, bytes]:
+    """Send ``request`` as raw bytes, close our sending side, return (response, anything after).
+
+    The server must answer once and then close: whatever it sends after the first response
+    (a second answer to leftover bytes, say) comes back as the second item.
+    """
+    host, port = url.rsplit("//", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, rest = received.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
+    return head + b"\r\n\r\n" + rest[:length], rest[length:]
+
+
+def _cut_bodies(path: str, headers: str, body: bytes) -> dict[str, bytes]:
+    start = f"{path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n{headers}"
+    return {
+        "Content-Length longer than the body": (
+            f"{start}Content-Length: {len(body) + 100}\r\n\r\n".encode() + body
+        ),
+        "chunk size not hexadecimal": (
+            f"{start}Transfer-Encoding: chunked\r\n\r\n".encode() + b"zz\r\n" + body + b"\r\n0\r\n\r\n"
+        ),
+        "chunked body without its last chunk": (
+            f"{start}Transfer-Encoding: chunked\r\n\r\n".encode() + f"{len(body) + 50:x}\r\n".encode() + body
+        ),
+    }
+
+
+def test_bodies_cut_short_or_badly_chunked_get_a_json_400_and_the_connection_closes(
+    gateway: Gateway, v1_service: ServerProcess, fakes: Fakes
+) -> None:
+    """A body that ends before its declared length, or whose chunked framing is broken, is the
+    client's error: a JSON 400 ``incomplete_body`` that closes the connection (its byte stream
+    can no longer be parsed), never a 500, never forwarded, and no change of state."""
+    predict = json.dumps({"instances": [ROW]}).encode()
+    patch = json.dumps({"canary_weight": 50}).encode()
+    before = gateway.state()
+    reached = len(fakes.recorder.received)
+    targets = {
+        "model service /predict": (v1_service.url, _cut_bodies("POST /predict", "", predict)),
+        "router /predict": (
+            gateway.url, _cut_bodies("POST /predict", "X-Route-To: recorder\r\n", predict)
+        ),
+        "router PATCH /admin/state": (
+            gateway.url,
+            _cut_bodies("PATCH /admin/state", f"Authorization: Bearer {ADMIN_TOKEN}\r\n", patch),
+        ),
+    }
+    wrong = []
+    for target, (url, cases) in targets.items():
+        for case, request in cases.items():
+            response, after = _raw_exchange(url, request)
+            head = response.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
+            if not head.startswith("http/1.1 400") or "connection: close" not in head:
+                wrong.append(f"{target}, {case}: {head.splitlines()[0]} {response[-200:]!r}")
+            elif json.loads(response.split(b"\r\n\r\n", 1)[1])["error"]["code"] != "incomplete_body":
+                wrong.append(f"{target}, {case}: {response[-200:]!r}")
+            if after:
+                wrong.append(f"{target}, {case}: more after the answer: {after[:120]!r}")
+    assert not wrong, "\n".join(wrong)
+    assert len(fakes.recorder.received) == reached
+    after_state = gateway.state()
+    assert after_state["config_version"] == before["config_version"]
+    assert after_state["canary_weight"] == before["canary_weight"]
