@@ -370,6 +370,7 @@ class RedisProcess:
 
     def __init__(self, port: int, workdir: Path) -> None:
         self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 import redis
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer
 
 from tests.servers import ServerProcess, wait_until
+from tests.servers import scrape as servers_scrape
 
 TOKEN = "admin-secret"
 REDIS_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/13")
@@ -253,11 +253,10 @@ def check_named(decision: dict[str, Any], name: str) -> dict[str, Any]:
 
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Every sample of ``url``/metrics: (name, labels) -> value."""
-    text = requests.get(url + "/metrics", timeout=10).text
     return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
+        (name, frozenset(labels.items())): value
+        for name, samples in servers_scrape(url).items()
+        for labels, value in samples
     }
 
 

@@ -1,4 +1,4 @@
-"""Fixtures for the state store tests: both backends, a throwaway Redis server, free ports.
+"""Fixtures for the state store tests: both backends (a throwaway Redis server is ``private_redis``).
 
 Redis tests use REDIS_TEST_URL (default redis://127.0.0.1:6379/15) under a key prefix unique to
 each test, and delete only their own keys. Without a Redis they skip, unless CI is "true": then
@@ -8,9 +8,6 @@ a missing Redis is a failure, so a CI run can never pass by skipping them.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +20,7 @@ from redis.retry import Retry
 from router.state.base import StateStore
 from router.state.redis import RedisStateStore
 from router.state.sqlite import SQLiteStateStore
-from tests.servers import free_port, skip_or_fail
+from tests.servers import skip_or_fail
 
 REDIS_TEST_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/15")
 
@@ -86,69 +83,3 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
 @pytest.fixture
 def store(make_store: StoreFactory) -> StateStore:
     return make_store()
-
-
-class RedisServer:
-    """A redis-server subprocess without persistence, on a fixed port, that can be restarted."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(
-            self.url, socket_connect_timeout=0.2, socket_timeout=0.2, retry=Retry(NoBackoff(), 0)
-        )
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.exceptions.ConnectionError:
-                    if self.process.poll() is not None or time.monotonic() > deadline:
-                        self.stop()
-                        raise RuntimeError(
-                            f"redis-server did not start on port {self.port}"
-                        ) from None
-                    time.sleep(0.05)
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private redis-server, killed at the end of the test whatever happens."""
-    if shutil.which("redis-server") is None:
-        skip_or_fail("redis-server is not installed; install Redis to run the recovery test")
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()

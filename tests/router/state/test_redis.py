@@ -8,7 +8,8 @@ import pytest
 
 from router.state import StoreUnavailable
 from router.state.redis import RedisStateStore
-from tests.router.state.conftest import RedisServer, free_port
+from tests.router.helpers import RedisProcess
+from tests.servers import free_port
 
 pytestmark = pytest.mark.redis
 
@@ -39,17 +40,17 @@ def test_unreachable_server_raises_store_unavailable() -> None:
         store.close()
 
 
-def test_same_store_works_again_after_the_server_restarts(redis_server: RedisServer) -> None:
-    store = RedisStateStore(redis_server.url, prefix="recovery:")
+def test_same_store_works_again_after_the_server_restarts(private_redis: RedisProcess) -> None:
+    store = RedisStateStore(private_redis.url, prefix="recovery:")
     try:
         store.initialize({"strategy": "release-in-place"})
         store.commit(1, {"strategy": "canary"}, {"actor": "admin"})
         assert store.acquire_lease("rollout", "router-a", ttl_s=30)
 
-        redis_server.stop()
+        private_redis.kill()
         _assert_unavailable(store)
 
-        redis_server.start()
+        private_redis.start()
         # The restarted server kept nothing (no persistence) and has no cached scripts.
         assert store.read() is None
         store.initialize({"strategy": "release-in-place"})
