@@ -85,7 +85,13 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
 
     import gevent
 
-    from common.pywsgi_fast import OneWriteMixin, QuietMixin, RequestHeaders, install_cached_date
+    from common.pywsgi_fast import (
+        JSONClientErrorsMixin,
+        OneWriteMixin,
+        QuietMixin,
+        RequestHeaders,
+        install_cached_date,
+    )
 
     install_cached_date()
 
@@ -112,7 +118,7 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
         if glet is not None and not pending(conn):
             glet.throw(gevent.GreenletExit)
 
-    class ClosingWhenStopped(QuietMixin, OneWriteMixin, handler):  # type: ignore[misc, valid-type]
+    class ClosingWhenStopped(JSONClientErrorsMixin, QuietMixin, OneWriteMixin, handler):  # type: ignore[misc, valid-type]
         served = False  # a connection is idle only between requests, never before its first
         MessageClass = RequestHeaders  # header parsing without the email package
 

@@ -15,6 +15,10 @@ No access-log record is built when the access log is off (gunicorn's handler bui
 every response and then discards it), and the ``Date`` header is formatted once per second
 rather than once per response.
 
+Requests that are not valid HTTP (a malformed request line or header, a bad Content-Length, a
+request line over 8 KiB) get the product's JSON error shape from :class:`JSONClientErrorsMixin`,
+not gevent's empty-bodied 400 and 414.
+
 All are installed by ``common.gunicorn_conf`` on the gevent handler class.
 """
 
@@ -155,3 +159,47 @@ def install_cached_date() -> None:
     if pywsgi.format_date_time is not cached_date:
         _format_date_time = pywsgi.format_date_time
         pywsgi.format_date_time = cached_date
+
+
+def client_error_response(status: int, code: str, message: str) -> bytes:
+    """A whole HTTP response carrying the contract's JSON error, closing the connection."""
+    import orjson
+
+    from common.errors import status_line
+
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    head = (
+        f"HTTP/1.1 {status_line(status)}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+_NOT_HTTP = (
+    "; send an HTTP/1.1 request line (METHOD /path HTTP/1.1), 'Name: value' header lines, "
+    "and at most one Content-Length, a non-negative number"
+)
+
+
+class JSONClientErrorsMixin:
+    """For a gevent ``WSGIHandler`` subclass: JSON errors for requests that are not valid HTTP."""
+
+    def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
+        super()._handle_client_error(ex)  # type: ignore[misc]  # logs it
+        reason = getattr(ex, "formatted_message", None) or str(ex) or type(ex).__name__
+        message = f"the request is not valid HTTP: {reason[:200]}{_NOT_HTTP}"
+        return "400", client_error_response(400, "bad_request", message)
+
+    def handle_one_request(self) -> Any:
+        from gevent import pywsgi
+
+        result = super().handle_one_request()  # type: ignore[misc]
+        if isinstance(result, tuple) and result[1] == pywsgi._REQUEST_TOO_LONG_RESPONSE:
+            message = (
+                f"the request line is over {pywsgi.MAX_REQUEST_LINE} bytes; "
+                "send long inputs in the request body"
+            )
+            return "414", client_error_response(414, "uri_too_long", message)
+        if isinstance(result, tuple) and result[1] == pywsgi._BAD_REQUEST_RESPONSE:
+            return "400", client_error_response(400, "bad_request", "the request is not valid HTTP" + _NOT_HTTP)
+        return result

@@ -254,3 +254,39 @@ def test_bodies_cut_short_or_badly_chunked_get_a_json_400_and_the_connection_clo
     after_state = gateway.state()
     assert after_state["config_version"] == before["config_version"]
     assert after_state["canary_weight"] == before["canary_weight"]
+
+
+NOT_HTTP = {
+    "not a request line": (b"HELLO\r\n\r\n", 400, "bad_request"),
+    "unknown HTTP version": (b"GET /health HTTP/9.9\r\nHost: t\r\n\r\n", 400, "bad_request"),
+    "negative Content-Length": (
+        b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Content-Length: -5\r\n\r\n", 400, "bad_request",
+    ),
+    "header line without a colon": (b"GET /health HTTP/1.1\r\nHost: t\r\nNoColon\r\n\r\n", 400,
+                                    "bad_request"),
+    "header line over 64 KiB": (b"GET /health HTTP/1.1\r\nHost: t\r\nX-A: " + b"a" * 66_000
+                                + b"\r\n\r\n", 400, "bad_request"),
+    "request line over 8 KiB": (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414,
+                                "uri_too_long"),
+}
+
+
+def test_requests_that_are_not_http_get_the_json_error_shape(
+    gateway: Gateway, v1_service: ServerProcess
+) -> None:
+    """What the HTTP server itself refuses (before any endpoint runs) is a JSON error too, with
+    a message saying what valid HTTP looks like, and the connection closes."""
+    wrong = []
+    for where, url in (("model service", v1_service.url), ("router", gateway.url)):
+        for case, (request, status, code) in NOT_HTTP.items():
+            response, after = _raw_exchange(url, request)
+            head, _, body = response.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").lower().splitlines()
+            if not lines[0].startswith(f"http/1.1 {status}") or "connection: close" not in lines:
+                wrong.append(f"{where}, {case}: {lines}")
+            elif "content-type: application/json" not in lines or json.loads(body)["error"]["code"] != code:
+                wrong.append(f"{where}, {case}: {response[-200:]!r}")
+            if after:
+                wrong.append(f"{where}, {case}: more after the answer: {after[:120]!r}")
+    assert not wrong, "\n".join(wrong)
