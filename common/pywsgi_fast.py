@@ -191,15 +191,17 @@ class JSONClientErrorsMixin:
         return "400", client_error_response(400, "bad_request", message)
 
     def handle_one_request(self) -> Any:
+        result = super().handle_one_request()  # type: ignore[misc]
+        if not isinstance(result, tuple):  # served (True) or the connection ends (None)
+            return result
         from gevent import pywsgi
 
-        result = super().handle_one_request()  # type: ignore[misc]
-        if isinstance(result, tuple) and result[1] == pywsgi._REQUEST_TOO_LONG_RESPONSE:
+        if result[1] == pywsgi._REQUEST_TOO_LONG_RESPONSE:
             message = (
                 f"the request line is over {pywsgi.MAX_REQUEST_LINE} bytes; "
                 "send long inputs in the request body"
             )
             return "414", client_error_response(414, "uri_too_long", message)
-        if isinstance(result, tuple) and result[1] == pywsgi._BAD_REQUEST_RESPONSE:
+        if result[1] == pywsgi._BAD_REQUEST_RESPONSE:
             return "400", client_error_response(400, "bad_request", "the request is not valid HTTP" + _NOT_HTTP)
         return result
