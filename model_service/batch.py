@@ -61,7 +61,15 @@ class _Layout:
 
 
 def _layout(header_line: str, model: LoadedModel, id_column: str | None) -> _Layout:
-    header = next(csv.reader([header_line]))
+    if "\r" in header_line:
+        raise BatchError(
+            "the first line holds a carriage return (\\r) inside it: lines that end with a "
+            "lone \\r (classic Mac OS) are not supported; convert the file to \\n or \\r\\n line ends"
+        )
+    try:
+        header = next(csv.reader([header_line]))
+    except csv.Error as exc:
+        raise BatchError(f"the first line cannot be read as a CSV header: {exc}") from None
     header = [h.strip() for h in header]
     missing = [f for f in model.feature_names if f not in header]
     if missing:
@@ -139,9 +147,14 @@ def _parse_slow(chunk: _Chunk, layout: _Layout) -> None:
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         if not line.strip():
             continue  # a blank line is no row
-        fields = next(csv.reader([line]))
+        try:
+            fields = next(csv.reader([line]))
+        except csv.Error as exc:  # a field over the csv module's limit, say
+            chunk.bad.append((number, f"cannot be read as CSV: {exc}"))
+            continue
         if len(fields) != width:
-            chunk.bad.append((number, f"has {len(fields)} fields; the header has {width}"))
+            unclosed = "; it opens a quote it never closes" if line.count('"') % 2 else ""
+            chunk.bad.append((number, f"has {len(fields)} fields; the header has {width}{unclosed}"))
             continue
         try:
             row = [float(fields[i]) for i in layout.feature_idx]
@@ -191,38 +204,54 @@ def score_csv(
         raise BatchError(f"input file {input_path} does not exist")
     if chunk_rows < 1:
         raise BatchError(f"chunk size must be at least 1 row, not {chunk_rows}")
+    for target in (output_path, errors):
+        if not target.parent.is_dir():
+            raise BatchError(f"cannot write {target}: folder {target.parent} does not exist")
     started = time.perf_counter()
-    with (
-        open(input_path, "rb") as fin,
-        open(output_path, "wb") as fout,
-        open(errors, "w", newline="") as ferr,
-        tqdm(
-            total=os.path.getsize(input_path),
-            unit="B",
-            unit_scale=True,
-            desc=f"scoring with {version}",
-            disable=not progress,
-        ) as bar,
-    ):
-        raw_header = fin.readline()
-        header_line = raw_header.decode("utf-8-sig", errors="replace").rstrip("\r\n")
-        if not header_line.strip():
-            raise BatchError(f"{input_path} is empty; the first line must be a header")
-        bar.update(len(raw_header))
-        layout = _layout(header_line, model, id_column)
-        writer = _Writer(fout, model, layout)
-        writer.header(header_line)
-        err_writer = csv.writer(ferr)
-        err_writer.writerow(["line", "reason"])
-        for chunk in _chunks(fin, 2, chunk_rows):
-            _parse(chunk, layout)
-            for number, reason in chunk.bad:
-                err_writer.writerow([number, reason])
-                if len(report.bad_examples) < 20:
-                    report.bad_examples.append((number, reason))
-            report.rows_bad += len(chunk.bad)
-            report.rows_ok += writer.rows(chunk)
-            bar.update(len(chunk.text))
+    # Results go to hidden files beside the targets, renamed over them only when the whole file
+    # has been read: a run that stops early (bad header, Ctrl-C, a full disk) leaves an earlier
+    # output untouched.
+    partial_out = output_path.with_name(f".{output_path.name}.partial")
+    partial_err = errors.with_name(f".{errors.name}.partial")
+    try:
+        with open(input_path, "rb") as fin:
+            raw_header = fin.readline()
+            header_line = raw_header.decode("utf-8-sig", errors="replace").rstrip("\r\n")
+            if not header_line.strip():
+                raise BatchError(f"{input_path} is empty; the first line must be a header")
+            layout = _layout(header_line, model, id_column)
+            with (
+                open(partial_out, "wb") as fout,
+                open(partial_err, "w", newline="") as ferr,
+                tqdm(
+                    total=os.path.getsize(input_path),
+                    initial=len(raw_header),
+                    unit="B",
+                    unit_scale=True,
+                    desc=f"scoring with {version}",
+                    disable=not progress,
+                ) as bar,
+            ):
+                writer = _Writer(fout, model, layout)
+                writer.header(header_line)
+                err_writer = csv.writer(ferr)
+                err_writer.writerow(["line", "reason"])
+                for chunk in _chunks(fin, 2, chunk_rows):
+                    _parse(chunk, layout)
+                    for number, reason in chunk.bad:
+                        err_writer.writerow([number, reason])
+                        if len(report.bad_examples) < 20:
+                            report.bad_examples.append((number, reason))
+                    report.rows_bad += len(chunk.bad)
+                    report.rows_ok += writer.rows(chunk)
+                    bar.update(len(chunk.text))
+        os.replace(partial_out, output_path)
+        os.replace(partial_err, errors)
+    except OSError as exc:  # unreadable input, a full disk, no permission to write
+        raise BatchError(f"the batch stopped: {exc.strerror or exc} ({exc.filename or input_path})") from None
+    finally:
+        partial_out.unlink(missing_ok=True)
+        partial_err.unlink(missing_ok=True)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -276,7 +305,10 @@ class _Writer:
 def _field(line: bytes, index: int) -> bytes:
     """Field ``index`` of a CSV line, as CSV text again (quoted where the value needs it)."""
     text = line.decode("utf-8", errors="surrogateescape").rstrip("\r\n")
-    value = next(csv.reader([text]))[index]
+    try:
+        value = next(csv.reader([text]))[index]
+    except (csv.Error, IndexError):  # pandas read the line; keep its text as it is
+        return line.rstrip(b"\r\n").split(b",", index + 1)[index]
     return _csv_text(value).encode("utf-8", errors="surrogateescape")
 
 

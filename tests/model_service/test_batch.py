@@ -397,3 +397,32 @@ def test_quoted_ids_in_small_chunks_beside_bad_rows(
     assert [int(row[1]) for row in table[1:]] == pipeline.predict(rows).tolist()
     errors = _read_csv(out.with_suffix(".errors.csv"))
     assert [int(line) for line, _ in errors[1:]] == [7]
+
+
+def test_a_run_that_stops_leaves_the_earlier_output_as_it_was(
+    artifacts: Path, features: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Results are renamed over the output only at the end: a refused input changes nothing."""
+    out = tmp_path / "out.csv"
+    out.write_text("an earlier run's results\n")
+    source = tmp_path / "mac.csv"
+    source.write_bytes(("\r".join([",".join(features), ",".join(["1.0"] * 30)]) + "\r").encode())
+    assert _score(artifacts, "--version", "v1", str(source), str(out)) == 2
+    assert "lone \\r" in capsys.readouterr().err
+    assert out.read_text() == "an earlier run's results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mac.csv", "out.csv"]
+
+    assert _score(artifacts, "--version", "v1", str(source), str(tmp_path / "no" / "out.csv")) == 2
+    assert "folder" in capsys.readouterr().err
+
+
+def test_a_field_too_long_for_the_csv_reader_is_a_bad_row(
+    artifacts: Path, dataset: Any, features: list[str], tmp_path: Path
+) -> None:
+    source, out = tmp_path / "long.csv", tmp_path / "long.out.csv"
+    row = ",".join(_number(v) for v in rows_of(dataset, 1)[0])
+    _write_csv(source, ["id", *features], ["huge," + row + "," + "x" * 200_000, "fine," + row])
+    assert _score(artifacts, "--version", "v1", str(source), str(out)) == 0
+    assert [r[0] for r in _read_csv(out)[1:]] == ["fine"]
+    errors = _read_csv(out.with_suffix(".errors.csv"))
+    assert errors[1][0] == "2" and "cannot be read as CSV" in errors[1][1]
