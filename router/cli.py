@@ -178,9 +178,11 @@ def load_plan(path: str) -> dict[str, Any]:
     import yaml  # type: ignore[import-untyped]  # only `start --plan` needs it
 
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise CLIError(f"cannot read plan file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise CLIError(f"plan file {path} is not UTF-8 text; save it as UTF-8 YAML or JSON") from None
     kind = "JSON" if path.endswith(".json") else "YAML"
     try:
         doc = json.loads(text) if kind == "JSON" else yaml.safe_load(text)

@@ -75,11 +75,14 @@ def test_stale_if_match(read_only: Runner) -> None:
     (None, "cannot read plan file"),
     ("strategy: [canary\n", "not valid YAML"),
     ("- canary\n", "must hold an object"),
+    (b"\xff\xfe\x00s", "not UTF-8 text"),
 ])
-def test_bad_plan_file(read_only: Runner, tmp_path: Path, content: str | None,
+def test_bad_plan_file(read_only: Runner, tmp_path: Path, content: str | bytes | None,
                        message: str) -> None:
     path = tmp_path / "plan.yaml"
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     assert_one_line_error(read_only("start", "--plan", str(path)), message)
 
