@@ -20,7 +20,13 @@ def _train(args: argparse.Namespace) -> int:
         if version not in VERSIONS:
             print(f"error: unknown version {version!r}; known: {', '.join(VERSIONS)}", file=sys.stderr)
             return 2
-    for folder in train_all(args.artifacts, versions):
+    try:
+        folders = train_all(args.artifacts, versions)
+    except OSError as exc:
+        print(f"error: cannot write the artifacts to {args.artifacts}: {exc.strerror or exc}"
+              f" ({exc.filename}); give --artifacts a folder you can write", file=sys.stderr)
+        return 2
+    for folder in folders:
         from model_service.artifacts import read_metadata
 
         meta = read_metadata(folder)

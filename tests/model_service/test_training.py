@@ -87,3 +87,12 @@ def test_train_one_version_only(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["train", "--version", "v1", "--artifacts", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v1"]
     assert "v1:" in capsys.readouterr().out
+
+
+def test_an_artifacts_folder_that_cannot_be_written_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["train", "--version", "v1", "--artifacts", str(blocker / "artifacts")]) == 2
+    assert "cannot write the artifacts" in capsys.readouterr().err
