@@ -283,6 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     options = Options(args.seconds_per_phase, args.users, args.interval_s, args.min_requests,
                       args.decision_timeout_s, args.out)
+    try:
+        options.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot create the output folder {options.out}: {exc.strerror or exc}; "
+              "give --out a folder you can write", file=sys.stderr)
+        return 2
     ensure_artifacts()
     results = [RunResult(s, r, options.out / "csv" / s.name / r.name) for s in scenarios for r in releases]
     progress = Progress(sum(r.release.skip_reason(r.scenario) is None for r in results))

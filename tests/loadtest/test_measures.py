@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from loadtest.compare_measures import Request, Timeline, exposed, measure, percentile, phase_of
@@ -79,3 +81,12 @@ def test_compare_refuses_bad_arguments_with_exit_code_2(argv: list[str], tmp_pat
     from loadtest.compare import main
 
     assert main([*argv, "--out", str(tmp_path)]) == 2
+
+
+def test_compare_refuses_an_output_folder_it_cannot_create(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from loadtest.compare import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["--scenarios", "good", "--strategies", "canary", "--out", str(blocker / "out")]) == 2
+    assert "cannot create the output folder" in capsys.readouterr().err
