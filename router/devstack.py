@@ -20,7 +20,9 @@ ROUTER_PORT = 8000
 
 
 def _start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, *argv], env=env)
+    # A session of its own: Ctrl-C reaches only this process, which then stops each server
+    # with SIGTERM (a graceful shutdown), rather than every worker at once with SIGINT.
+    return subprocess.Popen([sys.executable, *argv], env=env, start_new_session=True)
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> bool:
