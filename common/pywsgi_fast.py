@@ -67,7 +67,12 @@ class RequestHeaders:
         self._items = items
         first: dict[str, str] = {}
         for name, value in items:
-            first.setdefault(name.lower(), value)
+            key = name.lower()
+            if key not in first:
+                first[key] = value
+            elif key == "content-length" and first[key] != value and not self.status:
+                # which one frames the body? (the ambiguity request smuggling relies on)
+                self.status = "Conflicting Content-Length headers"
         self._first = first
 
     def get(self, name: str, default: Any = None) -> Any:

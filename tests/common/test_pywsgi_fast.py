@@ -45,6 +45,12 @@ def test_stops_at_the_blank_line() -> None:
     assert stream.read() == b"body follows"
 
 
+def test_the_same_content_length_twice_is_accepted() -> None:
+    block = b"Content-Length: 2\r\nContent-Length: 2\r\n\r\n"
+    headers = RequestHeaders(io.BytesIO(block), 0)
+    assert (headers.status, headers.get("Content-Length")) == ("", "2")
+
+
 def test_delete_removes_every_copy() -> None:
     headers = RequestHeaders(io.BytesIO(b"Content-Length: 5\r\nContent-Length: 6\r\n\r\n"), 0)
     del headers["content-length"]
@@ -61,8 +67,9 @@ def test_delete_removes_every_copy() -> None:
         (b"no colon here\r\n\r\n", "Invalid header line"),
         (b"Bad Name : v\r\n\r\n", "Invalid header line"),
         (b" leading fold\r\n\r\n", "Continuation line without a header"),
+        (b"Content-Length: 2\r\ncontent-length: 7\r\n\r\n", "Conflicting Content-Length headers"),
     ],
-    ids=["long-line", "too-many", "no-colon", "space-before-colon", "leading-fold"],
+    ids=["long-line", "too-many", "no-colon", "space-before-colon", "leading-fold", "two-lengths"],
 )
 def test_malformed_blocks_set_a_status(block: bytes, status: str) -> None:
     assert RequestHeaders(io.BytesIO(block), 0).status == status

@@ -263,6 +263,10 @@ NOT_HTTP = {
         b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
         b"Content-Length: -5\r\n\r\n", 400, "bad_request",
     ),
+    "two different Content-Lengths": (
+        b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\nContent-Length: 7\r\n\r\n{}", 400, "bad_request",
+    ),
     "header line without a colon": (b"GET /health HTTP/1.1\r\nHost: t\r\nNoColon\r\n\r\n", 400,
                                     "bad_request"),
     "header line over 64 KiB": (b"GET /health HTTP/1.1\r\nHost: t\r\nX-A: " + b"a" * 66_000
