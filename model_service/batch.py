@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from model_service.app import predict_matrix
 from model_service.artifacts import ArtifactError, LoadedModel, load_artifact
 
 
@@ -261,7 +262,7 @@ class _Writer:
 
     def __init__(self, out: BinaryIO, model: LoadedModel, layout: _Layout) -> None:
         self.out, self.model, self.layout = out, model, layout
-        self.class_text = [b"," + str(c).encode() for c in model.classes.tolist()]
+        self.class_text = {c: b"," + str(c).encode() for c in model.classes.tolist()}
 
     def header(self, header_line: str) -> None:
         if self.layout.id_idx is None:
@@ -275,9 +276,8 @@ class _Writer:
         """Score and write the chunk's good rows; returns how many."""
         if chunk.matrix is None or not len(chunk.matrix):
             return 0
-        proba = self.model.predict_proba(chunk.matrix)
-        # the class of each row, as predict_matrix picks it: the most probable one
-        classes = [self.class_text[i] for i in proba.argmax(axis=1).tolist()]
+        predictions, proba = predict_matrix(self.model, chunk.matrix)
+        classes = [self.class_text[c] for c in predictions.tolist()]
         lines = chunk.lines if chunk.good is None else [chunk.lines[i] for i in chunk.good]
         self.out.write(
             b"".join(
