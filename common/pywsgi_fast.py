@@ -170,9 +170,9 @@ def client_error_response(status: int, code: str, message: str) -> bytes:
     """A whole HTTP response carrying the contract's JSON error, closing the connection."""
     import orjson
 
-    from common.errors import status_line
+    from common.errors import APIError, status_line
 
-    body = orjson.dumps({"error": {"code": code, "message": message}})
+    body = orjson.dumps(APIError(message, code=code).body())
     head = (
         f"HTTP/1.1 {status_line(status)}\r\nConnection: close\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
