@@ -126,6 +126,10 @@ _HTTP_CODES = {
 }
 
 
+# The answer to anything unexpected: the contract's JSON 500, never a traceback page.
+INTERNAL_ERROR = APIError("internal error; see the server log")
+
+
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A JSON response serialised with orjson (numpy arrays included)."""
     payload = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -160,8 +164,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(err: Exception) -> Response:
         log.exception("unhandled error")
-        body = {"error": {"code": "internal_error", "message": "internal error; see the server log"}}
-        return json_response(body, 500)
+        return error_response(INTERNAL_ERROR)
 
 
 # -- bare WSGI hot paths (the router's and the model service's POST /predict) ------------------

@@ -17,6 +17,7 @@ import orjson
 
 from common.body import read_environ_json_object
 from common.errors import (
+    INTERNAL_ERROR,
     APIError,
     ServiceUnavailable,
     Unprocessable,
@@ -30,9 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
-_INTERNAL = orjson.dumps(
-    {"error": {"code": "internal_error", "message": "internal error; see the server log"}}
-)
+_INTERNAL = orjson.dumps(INTERNAL_ERROR.body())
 
 
 class PredictPath:
