@@ -170,10 +170,28 @@ class SQLiteStateStore:
             factory=_Connection,
         )
         conn.owner_pid = os.getpid()
-        conn.execute("PRAGMA journal_mode=WAL")
+        self._use_wal(conn)
         self._open_connections.add(conn)
         local.conn = conn
         return conn
+
+    def _use_wal(self, conn: _Connection) -> None:
+        """Switch the file to write-ahead logging, waiting out other processes doing the same.
+
+        SQLite answers "database is locked" at once, without its busy timeout, while another
+        connection holds the lock the switch needs: two workers opening a new file together
+        would otherwise fail to start.
+        """
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    conn.close()
+                    raise
+                time.sleep(0.01)
 
     def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         """Run one read-only query outside any transaction."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,3 +70,31 @@ def test_an_unusable_location_raises_store_unavailable(tmp_path: Path) -> None:
     blocker.write_text("a file where the state directory should be")
     with pytest.raises(StoreUnavailable, match="ROUTER_STATE_URL"):
         SQLiteStateStore(blocker / "router.db")
+
+
+def _open_and_report(path: str, barrier: Any, answers: Any) -> None:
+    barrier.wait()
+    try:
+        SQLiteStateStore(path).close()
+        answers.put("ok")
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        answers.put(repr(exc))
+
+
+def test_worker_processes_opening_a_new_file_together_all_start(tmp_path: Path) -> None:
+    """Gunicorn starts every worker at once: each opens the store, and the first to open a new
+    file switches it to write-ahead logging while the others try the same. None may fail."""
+    context = multiprocessing.get_context("fork")
+    failed = []
+    for trial in range(40):
+        path, workers = str(tmp_path / f"state-{trial}.db"), 10
+        barrier, answers = context.Barrier(workers), context.Queue()
+        procs = [context.Process(target=_open_and_report, args=(path, barrier, answers))
+                 for _ in range(workers)]
+        for proc in procs:
+            proc.start()
+        results = [answers.get(timeout=30) for _ in procs]
+        for proc in procs:
+            proc.join(30)
+        failed += [r for r in results if r != "ok"]
+    assert not failed, failed[:3]
