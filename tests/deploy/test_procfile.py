@@ -1,8 +1,10 @@
-"""The Procfile's ``web`` process started as Heroku starts it, once per role.
+"""The Procfile's ``web`` process started as Heroku starts it, once per role, from a real slug.
 
-Heroku builds the slug (requirements.txt, then bin/post_compile), sets ``PORT`` and the app's
-config vars, runs the Procfile command through the shell from the app root, and at shutdown sends
-SIGTERM to every process of the dyno, then SIGKILL 30 s later.
+Heroku's Python buildpack installs ``requirements.txt`` alone (``tests.deploy.slug``), runs
+``bin/post_compile``, sets ``PORT`` and the app's config vars, runs the Procfile command through
+the shell from the app root, and at shutdown sends SIGTERM to every process of the dyno, then
+SIGKILL 30 s later. Nothing here comes from the test environment: a package that only the dev
+requirements install, or a variable that ``app.json`` does not document, makes these tests fail.
 """
 
 from __future__ import annotations
@@ -10,19 +12,22 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 
+from tests.deploy.slug import copy_app, dyno_env, slug_venv
 from tests.servers import ROOT, free_port, wait_until
+
+pytestmark = pytest.mark.slow
 
 ROW = [17.99, 10.38, 122.8, 1001.0, 0.1184, 0.2776, 0.3001, 0.1471, 0.2419, 0.07871, 1.095,
        0.9053, 8.589, 153.4, 0.006399, 0.04904, 0.05373, 0.01587, 0.03003, 0.006193, 25.38, 17.33,
        184.6, 2019.0, 0.1622, 0.6656, 0.7119, 0.2654, 0.4601, 0.1189]
-SERVER_PRIVATE = ("PROMETHEUS_MULTIPROC_DIR", "SERVICE_RUNTIME_DIR")
+PRODUCT_PACKAGES = ("common", "model_service", "router", "strategies", "metrics")
 
 
 def procfile() -> dict[str, str]:
@@ -35,24 +40,28 @@ def procfile() -> dict[str, str]:
     return types
 
 
-def slug_env(**config: str) -> dict[str, str]:
-    """This environment minus the roles' settings, the slug's python first on PATH, plus config."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in SERVER_PRIVATE and not k.startswith(("MODEL_", "ROUTER_", "APP_ROLE"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**env, **config}
+@dataclass(frozen=True)
+class Slug:
+    """A built slug: the app folder after ``bin/post_compile`` and its environment."""
+
+    app: Path
+    venv: Path
+    home: Path
+
+    def env(self, **config: str) -> dict[str, str]:
+        return dyno_env(self.venv, self.home, **config)
 
 
 class Dyno:
     """The ``web`` command under ``bash -c`` in a process group of its own, like a dyno."""
 
-    def __init__(self, log: Path, **config: str) -> None:
+    def __init__(self, slug: Slug, log: Path, **config: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
-        env = slug_env(**config, PORT=str(self.port), WEB_CONCURRENCY="2")
+        env = slug.env(**config, PORT=str(self.port), WEB_CONCURRENCY="2")
         self._log = open(log, "wb")  # noqa: SIM115 (open for the process's whole life)
-        self.proc = subprocess.Popen(["bash", "-c", procfile()["web"]], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen(["bash", "-c", procfile()["web"]], cwd=slug.app, env=env,
                                      stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
@@ -85,68 +94,100 @@ class Dyno:
 
 
 @pytest.fixture(scope="module")
-def slug_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Artifacts built by bin/post_compile, the buildpack's hook after installing requirements."""
-    folder = tmp_path_factory.mktemp("slug") / "artifacts"
-    proc = subprocess.run(["bash", "bin/post_compile"], check=False, cwd=ROOT,
-                          env=slug_env(MODEL_ARTIFACTS=str(folder)), capture_output=True,
-                          text=True, timeout=600)
+def slug(tmp_path_factory: pytest.TempPathFactory) -> Slug:
+    """requirements.txt installed alone, the app's files copied, ``bin/post_compile`` run."""
+    venv = slug_venv()
+    root = tmp_path_factory.mktemp("slug")
+    built = Slug(app=copy_app(root / "app"), venv=venv, home=root)
+    proc = subprocess.run(["bash", "bin/post_compile"], check=False, cwd=built.app,
+                          env=built.env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return folder
+    return built
 
 
 @pytest.fixture(scope="module")
-def model_dyno(slug_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dyno]:
-    dyno = Dyno(tmp_path_factory.mktemp("dyno") / "model.log", APP_ROLE="model",
-                MODEL_VERSION="v1", MODEL_ARTIFACTS=str(slug_artifacts),
-                MODEL_ADMIN_TOKEN="model-secret")
+def model_dynos(slug: Slug, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Dyno]]:
+    """One model app per version, each with only the config vars app.json documents."""
+    logs = tmp_path_factory.mktemp("dyno")
+    dynos = {version: Dyno(slug, logs / f"model-{version}.log", APP_ROLE="model",
+                           MODEL_VERSION=version, MODEL_ADMIN_TOKEN="model-secret")
+             for version in ("v1", "v2")}
     try:
-        yield dyno.wait_ready()
+        yield {version: dyno.wait_ready() for version, dyno in dynos.items()}
     finally:
-        dyno.sigterm()
+        for dyno in dynos.values():
+            dyno.sigterm()
 
 
 def test_procfile_declares_one_web_process() -> None:
     assert list(procfile()) == ["web"]
 
 
-def test_post_compile_trains_every_version(slug_artifacts: Path) -> None:
+def test_post_compile_trains_every_version(slug: Slug) -> None:
     for version in ("v1", "v2"):
-        assert (slug_artifacts / version / "metadata.json").is_file()
-        assert (slug_artifacts / version / "model.joblib").is_file()
+        assert (slug.app / "artifacts" / version / "metadata.json").is_file()
+        assert (slug.app / "artifacts" / version / "model.joblib").is_file()
 
 
-def test_model_role_serves_on_port(model_dyno: Dyno) -> None:
-    resp = requests.post(model_dyno.url + "/predict", json={"instances": [ROW]}, timeout=10)
+def test_every_product_module_imports_in_the_slug(slug: Slug) -> None:
+    """Imports at module level of every product module, in the slug's environment."""
+    script = (
+        "import importlib, pkgutil, sys\n"
+        f"for pkg in {PRODUCT_PACKAGES!r}:\n"
+        "    root = importlib.import_module(pkg)\n"
+        "    for info in pkgutil.walk_packages(root.__path__, pkg + '.'):\n"
+        "        if info.name.rsplit('.', 1)[-1] not in ('wsgi', '__main__'):\n"
+        "            importlib.import_module(info.name)\n"
+        "import gunicorn.workers.ggevent\n"  # the worker class the server configuration picks
+    )
+    proc = subprocess.run(["python", "-c", script], cwd=slug.app, env=slug.env(),
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_model_role_serves_on_port(model_dynos: dict[str, Dyno]) -> None:
+    dyno = model_dynos["v1"]
+    resp = requests.post(dyno.url + "/predict", json={"instances": [ROW]}, timeout=10)
 
     assert resp.status_code == 200
     assert resp.json()["model_version"] == "v1"
-    assert f"0.0.0.0:{model_dyno.port}" in model_dyno.log()  # every interface, as Heroku needs
+    assert f"0.0.0.0:{dyno.port}" in dyno.log()  # every interface, as Heroku needs
 
 
-def test_router_role_serves_in_front_of_the_model_and_stops_cleanly(model_dyno: Dyno,
-                                                                    tmp_path: Path) -> None:
-    dyno = Dyno(tmp_path / "router.log", APP_ROLE="router", ROUTER_UPSTREAMS=f"v1={model_dyno.url}",
-                ROUTER_ADMIN_TOKEN="admin-secret", ROUTER_STATE_URL=str(tmp_path / "state.db"))
+def test_router_role_routes_predictions_to_both_model_apps_and_stops_cleanly(
+        slug: Slug, model_dynos: dict[str, Dyno], tmp_path: Path) -> None:
+    upstreams = ",".join(f"{version}={dyno.url}" for version, dyno in model_dynos.items())
+    dyno = Dyno(slug, tmp_path / "router.log", APP_ROLE="router", ROUTER_UPSTREAMS=upstreams,
+                ROUTER_ADMIN_TOKEN="admin-secret", ROUTER_MODEL_ADMIN_TOKEN="model-secret")
     try:
         dyno.wait_ready()
         resp = requests.post(dyno.url + "/predict", json={"instances": [ROW]}, timeout=10)
-        assert resp.status_code == 200 and resp.headers["X-Model-Version"] == "v1"
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["X-Model-Version"] == "v1"
+        assert len(resp.json()["predictions"]) == 1
+        preview = requests.post(dyno.url + "/predict", json={"instances": [ROW]},
+                                headers={"X-Route-To": "v2"}, timeout=10)
+        assert (preview.status_code, preview.headers["X-Model-Version"]) == (200, "v2")
+        state = requests.get(dyno.url + "/admin/state", timeout=10,
+                             headers={"Authorization": "Bearer admin-secret"})
+        assert state.status_code == 200 and state.json()["stable"]
         missing = requests.get(dyno.url + "/no-such-page", timeout=5)
         assert (missing.status_code, missing.headers["Content-Type"]) == (404, "application/json")
     finally:
         code = dyno.sigterm()
     assert code == 0, dyno.log()[-3000:]
+    assert (slug.app / "var" / "router-state.db").is_file()  # app.json's ROUTER_STATE_URL
 
 
-def test_model_role_stops_cleanly_on_sigterm(model_dyno: Dyno) -> None:
-    requests.post(model_dyno.url + "/predict", json={"instances": [ROW]}, timeout=10)
+def test_model_role_stops_cleanly_on_sigterm(model_dynos: dict[str, Dyno]) -> None:
+    dyno = model_dynos["v2"]
+    requests.post(dyno.url + "/predict", json={"instances": [ROW]}, timeout=10)
 
-    assert model_dyno.sigterm() == 0, model_dyno.log()[-3000:]
+    assert dyno.sigterm() == 0, dyno.log()[-3000:]
 
 
-def test_without_app_role_the_process_says_what_to_set(tmp_path: Path) -> None:
-    dyno = Dyno(tmp_path / "none.log")
+def test_without_app_role_the_process_says_what_to_set(slug: Slug, tmp_path: Path) -> None:
+    dyno = Dyno(slug, tmp_path / "none.log", APP_ROLE="")
     code = dyno.proc.wait(120)
     dyno.sigterm()  # already gone: this only closes its log
 
