@@ -5,7 +5,7 @@
 Everything is measured side by side in one run, interleaved in rounds, medians of the rounds
 reported (the machine may be small and shared):
 - one row at concurrency 1 over a keep-alive connection to a one-worker service (wrk, a C
-  client, so the client's own parsing is not counted), against ``predict_matrix`` on the same
+  client, so the client's own parsing is not counted), against ``LoadedModel.predict`` on the same
   row in this process: p50 and p99, and what HTTP adds at p50;
 - 1000-row requests: what the service adds per row on top of the pipeline's own predict;
 - batch scoring of a 100,000-row CSV (``model_service.batch.score_csv``, streamed) against
@@ -147,7 +147,6 @@ def _latency_rows(
 
     Every measure is taken once per round, the rounds interleaved; medians over the rounds.
     """
-    from model_service.app import predict_matrix
 
     rounds, seconds, n = (3, 1, 500) if quick else (5, 3, 2000)
     one = data[:1]
@@ -160,10 +159,10 @@ def _latency_rows(
     }
     try:
         wrk_latency(url, "/predict", one_body, 1)  # warm-up
-        _timed(lambda: predict_matrix(model, one), n // 10)
+        _timed(lambda: model.predict(one), n // 10)
         for _ in range(rounds):
             got["http"].append(wrk_latency(url, "/predict", one_body, seconds))
-            got["local"].append(_quantiles(_timed(lambda: predict_matrix(model, one), n)))
+            got["local"].append(_quantiles(_timed(lambda: model.predict(one), n)))
             got["health"].append(wrk_latency(url, "/health", None, seconds))
             got["sklearn"].append(
                 _quantiles(_timed(lambda: model.pipeline.predict_proba(one), n // 4))
@@ -171,7 +170,7 @@ def _latency_rows(
             got["python"].append(_quantiles(_timed(python_client, n // 2)))
             got["block_http"].append(wrk_latency(url, "/predict", block_body, seconds))
             got["block_local"].append(
-                _quantiles(_timed(lambda: predict_matrix(model, block), 100 if quick else 300))
+                _quantiles(_timed(lambda: model.predict(block), 100 if quick else 300))
             )
     finally:
         conn.close()
@@ -184,7 +183,7 @@ def _latency_rows(
             f"{_ms(m['http'][0])} / {_ms(m['http'][1])}",
         ),
         _row(
-            f"{version} one row, in-process predict_matrix (what the service calls): p50 / p99",
+            f"{version} one row, in-process LoadedModel.predict (what the service calls): p50 / p99",
             f"{_ms(m['local'][0])} / {_ms(m['local'][1])} ({model.prediction})",
         ),
         _row(
@@ -232,12 +231,8 @@ def _pandas_scorer(model: Any, source: Path, target: Path) -> None:
     """The whole file in memory: read with pandas, predict, write (the streaming scorer's rival)."""
     import pandas as pd
 
-    from model_service.app import predict_matrix
-
     frame = pd.read_csv(source)
-    predictions, proba = predict_matrix(
-        model, frame[list(model.feature_names)].to_numpy(np.float64)
-    )
+    predictions, proba = model.predict(frame[list(model.feature_names)].to_numpy(np.float64))
     out = pd.DataFrame({"id": frame["id"], "prediction": predictions})
     for i, label in enumerate(model.class_labels):
         out[f"probability_{label}"] = proba[:, i]
@@ -254,7 +249,6 @@ def _pandas_read(model: Any, source: Path) -> None:
 def _batch_rows(
     version: str, artifacts: Path, model: Any, data: np.ndarray, scratch: Path, quick: bool
 ) -> list[dict[str, Any]]:
-    from model_service.app import predict_matrix
     from model_service.batch import score_csv
 
     rounds = 3 if quick else 5
@@ -266,7 +260,7 @@ def _batch_rows(
     runs: dict[str, Callable[[], Any]] = {
         "batch": lambda: score_csv(artifacts, version, source, scratch / "out.csv", progress=False),
         "pandas": lambda: _pandas_scorer(model, source, scratch / "pandas.csv"),
-        "memory": lambda: predict_matrix(model, matrix),
+        "memory": lambda: model.predict(matrix),
         "read": lambda: _pandas_read(model, source),
     }
     seconds: dict[str, list[float]] = {k: [] for k in runs}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 from flask import Flask, Response, current_app, request
 from prometheus_client import CollectorRegistry
 
@@ -23,7 +22,7 @@ from common.errors import (
 )
 from metrics.exposition import metrics_response
 from metrics.model import ModelMetrics
-from model_service.artifacts import ArtifactError, LoadedModel
+from model_service.artifacts import ArtifactError
 from model_service.config import VERSION_LABEL, ModelServiceConfig
 from model_service.holder import ModelHolder
 from model_service.openapi import openapi
@@ -45,12 +44,6 @@ class ServiceState:
 
 def _state() -> ServiceState:
     return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
-
-
-def predict_matrix(model: LoadedModel, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Classes and class probabilities for each row of a validated float64 matrix."""
-    proba = model.predict_proba(matrix)
-    return model.classes[proba.argmax(axis=1)], proba
 
 
 def create_app(

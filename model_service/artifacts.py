@@ -1,7 +1,9 @@
-"""Versioned model artifacts: a pickled pipeline plus ``metadata.json`` that vouches for it.
+"""Versioned model artifacts: a saved pipeline plus ``metadata.json`` that vouches for it.
 
-Loading checks the file's sha256 against the metadata *before* unpickling (unpickling runs code)
-and refuses an artifact written by another scikit-learn version.
+A model file is written with skops (``model.skops``: its loader builds only the types the
+metadata lists as trusted, and runs no other code) or joblib (``model.joblib``, for pipelines
+skops cannot hold: unpickling runs code). Loading checks the file's sha256 against the metadata
+*before* reading it and refuses an artifact written by another scikit-learn version.
 
     >>> model = load_artifact("artifacts", "v1")           # doctest: +SKIP
     >>> model.metadata["sha256"]                           # doctest: +SKIP
@@ -25,9 +27,12 @@ import numpy as np
 import sklearn
 
 from model_service.fastpath import compile_predict_proba
+from model_service.schema import InputSchema
 
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "metadata.json"
+FORMATS = {"skops": "model.skops", "joblib": "model.joblib"}
+CLASSIFICATION, REGRESSION = "classification", "regression"
 
 
 class ArtifactError(Exception):
@@ -41,17 +46,40 @@ class LoadedModel:
     version: str
     pipeline: Any
     metadata: dict[str, Any]
-    feature_names: tuple[str, ...]
-    classes: np.ndarray  # class values as the pipeline returns them
+    schema: InputSchema
+    task: str  # "classification" or "regression"
+    classes: np.ndarray | None  # class values as the pipeline returns them (classifiers)
     class_labels: tuple[str, ...]
-    # The pipeline's predict_proba, or a compiled equivalent checked against it at load
-    # (model_service.fastpath); ``prediction`` says which.
-    predict_proba: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    # The pipeline's predict_proba (classifiers) or predict (regressors), or a compiled equivalent
+    # checked against it at load (model_service.fastpath); ``prediction`` says which.
+    estimate: Callable[[Any], np.ndarray] = field(repr=False)
     prediction: str = "scikit-learn"
 
     @property
     def sha256(self) -> str:
         return str(self.metadata["sha256"])
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.schema.names
+
+    def predict(self, inputs: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions (class values, or numbers for a regressor) and class probabilities.
+
+        ``inputs`` is what :mod:`model_service.inputs` or :meth:`InputSchema.from_table` built.
+
+            >>> predictions, probabilities = model.predict(matrix)   # doctest: +SKIP
+        """
+        out = self.estimate(inputs)
+        if self.classes is None:
+            return np.asarray(out, dtype=np.float64).reshape(-1), None
+        return self.classes[out.argmax(axis=1)], out
+
+    def predict_proba(self, inputs: Any) -> np.ndarray:
+        """Class probabilities of a classifier (one column per value of ``classes``)."""
+        if self.classes is None:
+            raise TypeError(f"{self.version} is a regressor: it has no class probabilities")
+        return self.estimate(inputs)
 
 
 def file_sha256(path: Path) -> str:
@@ -74,27 +102,58 @@ def _atomic_write(path: Path, payload: bytes) -> None:
         raise
 
 
-def save_artifact(pipeline: Any, folder: Path, **fields: Any) -> Path:
-    """Write the pipeline and its metadata into ``folder`` (created if needed)."""
+def dump_model(pipeline: Any, path: str | Path, model_format: str) -> None:
+    """Write ``pipeline`` to ``path`` with skops or joblib."""
+    if model_format == "skops":
+        import skops.io
+
+        skops.io.dump(pipeline, path)
+    elif model_format == "joblib":
+        joblib.dump(pipeline, path)
+    else:
+        raise ArtifactError(f"unknown model format {model_format!r}; use one of {sorted(FORMATS)}")
+
+
+def library_versions() -> dict[str, str]:
+    import pandas
+    import skops
+
+    return {"python": platform.python_version(), "scikit-learn": sklearn.__version__,
+            "numpy": np.__version__, "pandas": pandas.__version__, "joblib": joblib.__version__,
+            "skops": skops.__version__}
+
+
+def save_artifact(pipeline: Any, folder: Path, model_format: str = "joblib",
+                  model_file: Path | None = None, **fields: Any) -> Path:
+    """Write the pipeline (or move the already written ``model_file``) and its metadata.
+
+    ``folder`` is created if needed; ``metadata.json`` is written last, so a folder without it
+    is no version.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    model_path = folder / MODEL_FILE
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.")
-    os.close(fd)
-    try:
-        joblib.dump(pipeline, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, model_path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    model_path = folder / FORMATS[model_format]
+    if model_file is None:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.")
+        os.close(fd)
+        try:
+            dump_model(pipeline, tmp, model_format)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        model_file = Path(tmp)
+    os.chmod(model_file, 0o644)
+    os.replace(model_file, model_path)
+    versions = library_versions()
     metadata = {
         "version": fields.pop("version"),
-        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python_version": platform.python_version(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python_version": versions["python"],
         "sklearn_version": sklearn.__version__,
         "joblib_version": joblib.__version__,
         "numpy_version": np.__version__,
-        "model_file": MODEL_FILE,
+        "library_versions": versions,
+        "model_file": model_path.name,
+        "model_format": model_format,
         "sha256": file_sha256(model_path),
         **fields,
     }
@@ -108,15 +167,20 @@ def read_metadata(folder: Path) -> dict[str, Any]:
         return dict(json.loads(path.read_text()))
     except FileNotFoundError:
         raise ArtifactError(
-            f"no artifact at {folder}: run `python -m model_service train` first"
+            f"no artifact at {folder}: package the version there with `python -m model_service "
+            "package` (the built-in examples: `python -m model_service train`)"
         ) from None
     except ValueError as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc}); retrain the version") from None
+        raise ArtifactError(f"{path} is not valid JSON ({exc}); package the version again") from None
 
 
 def load_artifact(root: str | Path, version: str) -> LoadedModel:
     """Verify and load ``root/<version>/``; raises ArtifactError with what to do."""
-    folder = Path(root) / version
+    return load_folder(Path(root) / version, version)
+
+
+def load_folder(folder: Path, version: str) -> LoadedModel:
+    """Verify and load the artifact in ``folder``, which must hold ``version``."""
     metadata = read_metadata(folder)
     if metadata.get("version") != version:
         raise ArtifactError(
@@ -124,13 +188,14 @@ def load_artifact(root: str | Path, version: str) -> LoadedModel:
         )
     model_path = folder / str(metadata.get("model_file", MODEL_FILE))
     if not model_path.is_file():
-        raise ArtifactError(f"model file {model_path} is missing; retrain the version")
+        raise ArtifactError(f"model file {model_path} is missing; package the version again")
     actual = file_sha256(model_path)
     if actual != metadata.get("sha256"):
         raise ArtifactError(
             f"refusing to load {model_path}: its sha256 {actual[:12]}... does not match "
             f"metadata.json ({str(metadata.get('sha256'))[:12]}...); the file was modified "
-            "after training; retrain with `python -m model_service train`"
+            "after it was packaged; package the version again (versions are immutable: "
+            "under a new name)"
         )
     if metadata.get("sklearn_version") != sklearn.__version__:
         raise ArtifactError(
@@ -138,17 +203,54 @@ def load_artifact(root: str | Path, version: str) -> LoadedModel:
             f"but {sklearn.__version__} is installed; retrain with `python -m model_service train` "
             "or install the matching scikit-learn"
         )
-    pipeline = joblib.load(model_path)
-    classes = np.asarray(pipeline.classes_)
-    predict_proba, prediction = compile_predict_proba(pipeline)
-    labels = tuple(metadata.get("class_labels") or [str(c) for c in classes])
+    pipeline = _read_model(model_path, metadata)
+    schema = (InputSchema.from_json(metadata["input_schema"]) if "input_schema" in metadata
+              else InputSchema.numbers(metadata["feature_names"]))
+    task = str(metadata.get("task", CLASSIFICATION))
+    if task == CLASSIFICATION:
+        classes: np.ndarray | None = np.asarray(pipeline.classes_)
+        estimate, prediction = compile_predict_proba(pipeline, schema)
+        labels = tuple(str(c) for c in classes)  # type: ignore[union-attr]
+    else:
+        classes, labels = None, ()
+        estimate, prediction = reference_predict(pipeline), "scikit-learn"
     return LoadedModel(
         version=version,
         pipeline=pipeline,
         metadata=metadata,
-        feature_names=tuple(metadata["feature_names"]),
+        schema=schema,
+        task=task,
         classes=classes,
         class_labels=labels,
-        predict_proba=predict_proba,
+        estimate=estimate,
         prediction=prediction,
     )
+
+
+def _read_model(path: Path, metadata: dict[str, Any]) -> Any:
+    """The pipeline in a file whose sha256 was checked; skops builds only the trusted types."""
+    model_format = metadata.get("model_format", "joblib")
+    if model_format == "joblib":
+        return joblib.load(path)
+    if model_format != "skops":
+        raise ArtifactError(f"{path}: unknown model format {model_format!r}; repackage the version")
+    import skops.io
+
+    trusted = list(metadata.get("trusted_types", []))
+    untrusted = sorted(set(skops.io.get_untrusted_types(file=path)) - set(trusted))
+    if untrusted:
+        raise ArtifactError(
+            f"{path} needs types its metadata does not trust: {', '.join(untrusted)}; "
+            "repackage the version and confirm them with --trust"
+        )
+    return skops.io.load(path, trusted=trusted)
+
+
+def reference_predict(pipeline: Any) -> Callable[[Any], np.ndarray]:
+    """A regressor's own predict."""
+
+    def predict(x: Any) -> np.ndarray:
+        with sklearn.config_context(assume_finite=True):
+            return np.asarray(pipeline.predict(x))
+
+    return predict

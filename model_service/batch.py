@@ -26,8 +26,6 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
-
-from model_service.app import predict_matrix
 from model_service.artifacts import ArtifactError, LoadedModel, load_artifact
 
 
@@ -276,7 +274,7 @@ class _Writer:
         """Score and write the chunk's good rows; returns how many."""
         if chunk.matrix is None or not len(chunk.matrix):
             return 0
-        predictions, proba = predict_matrix(self.model, chunk.matrix)
+        predictions, proba = self.model.predict(chunk.matrix)
         classes = [self.class_text[c] for c in predictions.tolist()]
         lines = chunk.lines if chunk.good is None else [chunk.lines[i] for i in chunk.good]
         self.out.write(

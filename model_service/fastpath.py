@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sklearn
 from scipy.special import expit
+
+if TYPE_CHECKING:
+    from model_service.schema import InputSchema
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +130,19 @@ def _probe_rows(pipeline: Any) -> np.ndarray:
     return noise
 
 
-def compile_predict_proba(pipeline: Any) -> tuple[Proba, str]:
-    """The fastest ``predict_proba`` that agrees with ``pipeline`` and how it was chosen."""
+def compile_predict_proba(pipeline: Any, schema: InputSchema | None = None) -> tuple[Proba, str]:
+    """The fastest ``predict_proba`` that agrees with ``pipeline`` and how it was chosen.
 
-    def reference(x: np.ndarray) -> np.ndarray:
+    Only a pipeline fed a plain float matrix (every column a number, not fitted on a DataFrame)
+    is compiled; any other gets its own ``predict_proba``.
+    """
+
+    def reference(x: Any) -> np.ndarray:
         with sklearn.config_context(assume_finite=True):
             return np.asarray(pipeline.predict_proba(x))
 
+    if schema is not None and (schema.frame or not schema.all_numbers):
+        return reference, "scikit-learn"
     try:
         compiled = _compile(pipeline)
     except (AttributeError, ImportError, TypeError, ValueError) as exc:

@@ -24,10 +24,11 @@ from common.errors import (
     post_only,
     status_line,
 )
-from model_service.inputs import to_matrix
+from model_service.inputs import to_model_input
 
 if TYPE_CHECKING:
     from model_service.app import ServiceState
+    from model_service.artifacts import LoadedModel
 
 log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
@@ -72,25 +73,53 @@ class PredictPath:
         if model is None:
             raise ServiceUnavailable(f"model not loaded: {state.holder.load_error}", code="not_ready")
         doc = read_environ_json_object(environ, cfg.max_body_bytes)
-        matrix = to_matrix(doc, model.feature_names, cfg.max_rows)
+        inputs = to_model_input(doc, model.schema, cfg.max_rows)
         if cfg.fault_latency_ms:
             time.sleep(cfg.fault_latency_ms / 1000.0)
         if cfg.fault_error_rate and state.rng.random() < cfg.fault_error_rate:
             raise APIError("injected fault (FAULT_ERROR_RATE)", code="injected_fault")
         started = time.perf_counter()
-        proba = model.predict_proba(matrix)
+        predictions, proba = predict_checked(model, inputs)
         elapsed = time.perf_counter() - started
-        if not np.isfinite(proba).all():
-            row = int(np.flatnonzero(~np.isfinite(proba).all(axis=1))[0])
-            raise Unprocessable(
-                f"instances[{row}]: values this far out of range overflow the model; "
-                "send values on the scale of the training data",
-                code="out_of_range",
-            )
-        state.metrics.predicted(model.version, len(matrix), elapsed)
-        body = {
-            "predictions": model.classes[proba.argmax(axis=1)],
-            "probabilities": proba,
-            "model_version": model.version,
+        state.metrics.predicted(model.version, len(predictions), elapsed)
+        # orjson writes numeric arrays itself; class names (strings, objects) go as a list
+        body: dict[str, Any] = {
+            "predictions": predictions if predictions.dtype.kind in "biuf" else predictions.tolist()
         }
+        if proba is not None:
+            body["probabilities"] = proba
+        body["model_version"] = model.version
         return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def predict_checked(model: LoadedModel, inputs: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """``model.predict``, with a row the pipeline refuses or overflows on named in a JSON 422."""
+    try:
+        predictions, proba = model.predict(inputs)
+    except (ValueError, TypeError) as exc:
+        raise Unprocessable(_refused_row(model, inputs, exc), code="model_refused") from None
+    out = proba if proba is not None else predictions
+    finite = np.isfinite(out) if out.ndim == 1 else np.isfinite(out).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise Unprocessable(
+            f"instances[{row}]: values this far out of range overflow the model; "
+            "send values on the scale of the training data",
+            code="out_of_range",
+        )
+    return predictions, proba
+
+
+def _refused_row(model: LoadedModel, inputs: Any, exc: Exception) -> str:
+    """Which row the pipeline refuses (only on this error path: one row at a time)."""
+    for i in range(min(len(inputs), 1000)):
+        one = inputs.iloc[i : i + 1] if hasattr(inputs, "iloc") else inputs[i : i + 1]
+        try:
+            model.predict(one)
+        except (ValueError, TypeError) as row_exc:
+            return f"instances[{i}]: the model refused this row: {_first_line(row_exc)}"
+    return f"the model refused these rows: {_first_line(exc)}"
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

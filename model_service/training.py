@@ -1,8 +1,9 @@
-"""Training every model version from source into a versioned artifact.
+"""The built-in example project: two versions trained from source and packaged like any model.
 
 Each version is a whole scikit-learn ``Pipeline`` (preprocessing and model together), trained on the
-breast cancer data that ships inside scikit-learn, scored on a fixed held-out split, and written by
-:func:`model_service.artifacts.save_artifact`.
+breast cancer data that ships inside scikit-learn to predict the diagnosis by name (``malignant`` or
+``benign``), and packaged by :func:`model_service.packager.package_model` with the fixed held-out
+split as its evaluation data, exactly as ``python -m model_service package`` packages a user's own.
 
     >>> from model_service.training import train_all
     >>> paths = train_all("artifacts")          # doctest: +SKIP
@@ -17,15 +18,20 @@ from pathlib import Path
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from model_service.artifacts import save_artifact
+import numpy as np
+import pandas as pd
+
+from model_service.packager import Evaluation, package_model
 
 SPLIT_SEED = 42
 TEST_SIZE = 0.25
+TARGET = "diagnosis"
+# What skops must be told to trust to load these pipelines (the project's own, so confirmed here).
+TRUSTED_TYPES = ("numpy.dtype", "sklearn.tree._tree.Tree")
 
 
 @dataclass(frozen=True)
@@ -60,34 +66,29 @@ VERSIONS: dict[str, VersionSpec] = {
 
 
 def load_dataset():  # type: ignore[no-untyped-def]
-    """The breast cancer data (569 rows, 30 named features) and its fixed train/test split."""
+    """The breast cancer data (569 rows, 30 named features), diagnoses by name, fixed split."""
     data = load_breast_cancer()
+    names = np.asarray(data.target_names)[data.target]
     x_train, x_test, y_train, y_test = train_test_split(
-        data.data, data.target, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=data.target
+        data.data, names, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=data.target
     )
     return data, x_train, x_test, y_train, y_test
 
 
 def train_version(version: str, out_dir: str | Path) -> Path:
-    """Train one version and write ``out_dir/<version>/``; returns the artifact folder."""
+    """Train one version and package it as ``out_dir/<version>/``; returns the artifact folder."""
     if version not in VERSIONS:
         raise ValueError(f"unknown version {version!r}; known versions: {', '.join(VERSIONS)}")
     spec = VERSIONS[version]
     data, x_train, x_test, y_train, y_test = load_dataset()
     pipeline = spec.build().fit(x_train, y_train)
-    proba = pipeline.predict_proba(x_test)[:, 1]
-    metrics = {
-        "accuracy": round(float(accuracy_score(y_test, pipeline.predict(x_test))), 6),
-        "roc_auc": round(float(roc_auc_score(y_test, proba)), 6),
-    }
-    return save_artifact(
-        pipeline,
-        Path(out_dir) / version,
-        version=version,
-        description=spec.description,
-        feature_names=[str(n) for n in data.feature_names],
-        class_labels=[str(n) for n in data.target_names],
-        heldout_metrics=metrics,
+    table = pd.DataFrame(x_test, columns=[str(n) for n in data.feature_names])
+    table[TARGET] = y_test
+    evaluation = Evaluation.from_frame(table, TARGET, {"source": "scikit-learn breast cancer "
+                                                       "data, held-out split"})
+    return package_model(
+        pipeline, version, evaluation, out_dir, description=spec.description,
+        trust=TRUSTED_TYPES,
         rows={"train": int(len(x_train)), "test": int(len(x_test))},
         split={"test_size": TEST_SIZE, "random_state": SPLIT_SEED, "stratified": True},
     )

@@ -46,11 +46,12 @@ def _artifact(label: str | None, meta: dict[str, Any] | None) -> str:
     if "error" in meta:
         return f"{label}  ({meta['error']})"
     parts = [meta.get("description"), f"sha256 {str(meta.get('sha256', ''))[:12]}",
-             f"trained {str(meta.get('trained_at', ''))[:16].replace('T', ' ')}",
+             f"created {str(meta.get('created_at') or meta.get('trained_at', ''))[:16].replace('T', ' ')}",
              f"sklearn {meta.get('sklearn_version', '?')}"]
     heldout = meta.get("heldout_metrics") or {}
-    if "accuracy" in heldout:
-        parts.append(f"accuracy {heldout['accuracy']:.4f}")
+    for name in ("accuracy", "mae"):
+        if name in heldout:
+            parts.append(f"{name} {heldout[name]:.4f}")
     served = meta.get("version")
     prefix = f"{label} (serving {served})" if served and served != label else label
     return f"{prefix}  " + ", ".join(p for p in parts if p)

@@ -126,7 +126,7 @@ def test_procfile_declares_one_web_process() -> None:
 def test_post_compile_trains_every_version(slug: Slug) -> None:
     for version in ("v1", "v2"):
         assert (slug.app / "artifacts" / version / "metadata.json").is_file()
-        assert (slug.app / "artifacts" / version / "model.joblib").is_file()
+        assert (slug.app / "artifacts" / version / "model.skops").is_file()
 
 
 def test_every_product_module_imports_in_the_slug(slug: Slug) -> None:

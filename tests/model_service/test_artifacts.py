@@ -32,8 +32,12 @@ class _TouchOnLoad:
         return (Path.touch, (self.marker,))
 
 
+def model_file(folder: Path) -> Path:
+    return folder / json.loads((folder / "metadata.json").read_text())["model_file"]
+
+
 def _tamper(folder: Path) -> None:
-    with open(folder / "model.joblib", "ab") as fh:
+    with open(model_file(folder), "ab") as fh:
         fh.write(b"\0")
 
 
@@ -63,7 +67,7 @@ def test_intact_artifact_loads(doctored: Path) -> None:
 def test_appended_byte_is_refused_naming_the_checksum(doctored: Path) -> None:
     with pytest.raises(ArtifactError, match="sha256") as caught:
         load_artifact(doctored, "v2")
-    assert "python -m model_service train" in str(caught.value)
+    assert "package the version again" in str(caught.value)
 
 
 def test_tampered_file_is_never_unpickled(artifacts: Path, tmp_path: Path) -> None:
@@ -75,7 +79,7 @@ def test_tampered_file_is_never_unpickled(artifacts: Path, tmp_path: Path) -> No
     marker = tmp_path / "payload-ran-in-service"
     folder = tmp_path / "art" / "v1"
     shutil.copytree(artifacts / "v1", folder)
-    with open(folder / "model.joblib", "wb") as fh:
+    with open(model_file(folder), "wb") as fh:
         pickle.dump(_TouchOnLoad(marker), fh)
     with pytest.raises(ArtifactError, match="sha256"):
         load_artifact(tmp_path / "art", "v1")
@@ -84,7 +88,7 @@ def test_tampered_file_is_never_unpickled(artifacts: Path, tmp_path: Path) -> No
 
 def test_other_sklearn_version_is_refused_naming_both(doctored: Path) -> None:
     meta = json.loads((doctored / "legacy" / "metadata.json").read_text())
-    assert meta["sha256"] == file_sha256(doctored / "legacy" / "model.joblib")
+    assert meta["sha256"] == file_sha256(model_file(doctored / "legacy"))
     with pytest.raises(ArtifactError) as caught:
         load_artifact(doctored, "legacy")
     assert OLD_SKLEARN in str(caught.value) and sklearn.__version__ in str(caught.value)
@@ -112,7 +116,7 @@ def test_broken_artifact_says_what_to_do(
     if breakage == "metadata not JSON":
         (tmp_path / "v1" / "metadata.json").write_text("{not json")
     if breakage == "model file missing":
-        (tmp_path / "v1" / "model.joblib").unlink()
+        model_file(tmp_path / "v1").unlink()
     with pytest.raises(ArtifactError, match=message):
         load_artifact(tmp_path, "v1")
 

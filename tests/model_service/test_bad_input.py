@@ -65,7 +65,7 @@ BAD_BODIES = [
         _instances(_row_with('"12.5"')),
         422,
         "invalid_input",
-        "instances[0][3] must be a number, got a string",
+        "instances[0][3]: column 'mean area' must be a number, got a string",
     ),
     ("null cell", _instances(_row_with("null")), 422, "invalid_input", "got null"),
     (
@@ -80,7 +80,7 @@ BAD_BODIES = [
         _instances(ROW, _row_with("true", at=5)),
         422,
         "invalid_input",
-        "instances[1][5] must be a number, got a boolean",
+        "instances[1][5]: column 'mean compactness' must be a number, got a boolean",
     ),
     (
         "false among integers",

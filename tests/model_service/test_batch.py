@@ -19,7 +19,7 @@ from model_service.batch import _fixed6
 from tests.model_service.conftest import rows_of
 from tests.servers import ROOT
 
-PROBABILITY_COLUMNS = ["probability_malignant", "probability_benign"]
+PROBABILITY_COLUMNS = ["probability_benign", "probability_malignant"]  # as classes_ orders them
 
 
 def _batch(artifacts: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -109,7 +109,7 @@ def test_batch_scores_good_rows_like_in_process_and_lists_bad_ones(
     assert [row[0] for row in table[1:]] == [f"id-{i}" for i in good]
     pipeline = load_artifact(artifacts, "v1").pipeline
     rows = rows_of(dataset, 300)[good]
-    assert [int(row[1]) for row in table[1:]] == pipeline.predict(rows).tolist()
+    assert [row[1] for row in table[1:]] == pipeline.predict(rows).tolist()
     np.testing.assert_allclose(
         np.array([row[2:] for row in table[1:]], dtype=float),
         pipeline.predict_proba(rows),
@@ -141,7 +141,7 @@ def test_without_an_id_column_the_input_columns_are_kept(
     assert table[0] == [*features, "prediction", *PROBABILITY_COLUMNS]
     assert [",".join(row[:30]) for row in table[1:]] == lines
     pipeline = load_artifact(artifacts, "v2").pipeline
-    assert [int(row[30]) for row in table[1:]] == pipeline.predict(rows).tolist()
+    assert [row[30] for row in table[1:]] == pipeline.predict(rows).tolist()
 
 
 def test_columns_in_any_order_with_extra_ones_and_quoted_ids(
@@ -168,7 +168,7 @@ def test_columns_in_any_order_with_extra_ones_and_quoted_ids(
     assert [row[0] for row in table[1:]] == ids
     assert all(len(row) == 4 for row in table)
     pipeline = load_artifact(artifacts, "v1").pipeline
-    assert [int(row[1]) for row in table[1:]] == pipeline.predict(rows).tolist()
+    assert [row[1] for row in table[1:]] == pipeline.predict(rows).tolist()
 
 
 def test_missing_feature_column_exits_2_naming_it(
@@ -373,7 +373,7 @@ def test_crlf_lines_a_byte_order_mark_and_no_final_newline(
     assert table[0] == ["id", "prediction", *PROBABILITY_COLUMNS]
     assert [row[0] for row in table[1:]] == [f"r{i}" for i in range(25)]
     pipeline = load_artifact(artifacts, "v1").pipeline
-    assert [int(row[1]) for row in table[1:]] == pipeline.predict(rows).tolist()
+    assert [row[1] for row in table[1:]] == pipeline.predict(rows).tolist()
 
 
 def test_quoted_ids_in_small_chunks_beside_bad_rows(
@@ -394,7 +394,7 @@ def test_quoted_ids_in_small_chunks_beside_bad_rows(
     assert [row[0] for row in table[1:]] == [i.strip('"') for i in ids]
     assert all(len(row) == 4 for row in table)
     pipeline = load_artifact(artifacts, "v2").pipeline
-    assert [int(row[1]) for row in table[1:]] == pipeline.predict(rows).tolist()
+    assert [row[1] for row in table[1:]] == pipeline.predict(rows).tolist()
     errors = _read_csv(out.with_suffix(".errors.csv"))
     assert [int(line) for line, _ in errors[1:]] == [7]
 

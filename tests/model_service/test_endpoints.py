@@ -93,7 +93,10 @@ def test_version_is_the_artifact_metadata(
     assert meta == json.loads((artifacts / version / "metadata.json").read_text())
     for field in (
         "version",
-        "trained_at",
+        "created_at",
+        "task",
+        "input_schema",
+        "library_versions",
         "sklearn_version",
         "feature_names",
         "heldout_metrics",

@@ -46,12 +46,13 @@ def test_metadata_describes_the_artifact(
     folder = artifacts / version
     meta = json.loads((folder / "metadata.json").read_text())
     assert meta["version"] == version
-    assert datetime.fromisoformat(meta["trained_at"]).tzinfo is not None
+    assert datetime.fromisoformat(meta["created_at"]).tzinfo is not None
     assert meta["python_version"] == platform.python_version()
     assert meta["sklearn_version"] == sklearn.__version__
     assert meta["joblib_version"] == joblib.__version__
     assert meta["feature_names"] == features and len(features) == 30
-    assert meta["class_labels"] == ["malignant", "benign"]
+    assert meta["classes"] == meta["class_labels"] == ["benign", "malignant"]
+    assert meta["task"] == "classification" and meta["model_format"] == "skops"
     assert meta["rows"]["train"] + meta["rows"]["test"] == 569
     assert meta["rows"]["test"] == pytest.approx(569 * 0.25, abs=1)
     assert 0.9 < meta["heldout_metrics"]["accuracy"] <= 1.0
@@ -79,7 +80,7 @@ def test_unknown_version_is_refused_with_the_known_ones(
     with pytest.raises(ValueError, match="v1, v2"):
         train_version("v9", tmp_path)
     assert main(["train", "--version", "v9", "--artifacts", str(tmp_path)]) == 2
-    assert "known: v1, v2" in capsys.readouterr().err
+    assert "example versions v1, v2" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 

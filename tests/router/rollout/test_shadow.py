@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-
-from model_service.app import predict_matrix
 from model_service.artifacts import load_artifact
 from tests.router.rollout.live import (
     ROWS,
@@ -31,8 +29,8 @@ BATCH = 16
 def offline_agreement(artifacts: Path, rows: list[list[float]]) -> tuple[int, int]:
     """(agree, disagree) of v1 and v2 predicting each row on its own, as one request each."""
     matrix = np.array(rows)
-    v1, _ = predict_matrix(load_artifact(artifacts, "v1"), matrix)
-    v2, _ = predict_matrix(load_artifact(artifacts, "v2"), matrix)
+    v1, _ = load_artifact(artifacts, "v1").predict(matrix)
+    v2, _ = load_artifact(artifacts, "v2").predict(matrix)
     agree = int(np.count_nonzero(v1 == v2))
     return agree, len(rows) - agree
 
