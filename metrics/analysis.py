@@ -38,6 +38,9 @@ class Thresholds:
     min_agreement: float = 0.95
     confidence: float = 0.99
     max_error_rate: float = 0.05  # absolute limit, used where there is no reference to compare with
+    # two regressors' predictions agree when |candidate - stable| <= abs_tol + rel_tol * |stable|
+    agreement_abs_tol: float = 0.01
+    agreement_rel_tol: float = 0.05
 
 
 @dataclass(frozen=True)

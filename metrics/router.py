@@ -51,6 +51,8 @@ def flush_all() -> None:
 
 
 PROBABILITY_DIFF_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+# regressors' predictions are on the user's own scale: decades from a millionth to a million
+VALUE_DIFF_BUCKETS = tuple(10.0 ** e for e in range(-6, 7))
 
 
 class RouterMetrics:
@@ -80,6 +82,11 @@ class RouterMetrics:
         self.shadow_probability_diff = Histogram(
             "router_shadow_probability_diff", "Largest absolute probability difference per request.",
             ["stable", "candidate"], buckets=PROBABILITY_DIFF_BUCKETS, registry=registry,
+        )
+        self.shadow_value_diff = Histogram(
+            "router_shadow_value_diff", "Largest absolute difference of two regressors' "
+            "predictions per request.", ["stable", "candidate"], buckets=VALUE_DIFF_BUCKETS,
+            registry=registry,
         )
         self.shadow_duration = Histogram(
             "router_shadow_duration_seconds", "Latency of mirrored requests by candidate version.",

@@ -21,7 +21,7 @@ from common.errors import (
 from metrics.router import RouterMetrics
 from router.config import RouterConfig
 from router.live_state import LiveState
-from router.shadow import MirrorJob, Mirror
+from router.shadow import Mirror, MirrorJob, Tolerance
 from router.upstream import Timeout, Unreachable, UpstreamPool, UpstreamResponse, end_to_end
 from strategies import Decision, RequestFacts, route
 
@@ -83,7 +83,8 @@ class DataPath:
             status, payload = resp.status, resp.body
             out = [(n, v) for n, v in end_to_end(resp.headers) if n.lower() not in _DROP_FROM_UPSTREAM]
             if decision.mirror_to and status == 200:
-                self.mirror.submit(MirrorJob(version, decision.mirror_to, body, headers, payload))
+                self.mirror.submit(MirrorJob(version, decision.mirror_to, body, headers, payload,
+                                             Tolerance.of_rollout(snapshot.rollout)))
         except APIError as err:
             status, payload = err.status, orjson.dumps(err.body())
             out = [("Content-Type", "application/json"), *err.headers]

@@ -26,6 +26,8 @@ _THRESHOLD_LIMITS = {
     "min_agreement": (0.0, 1.0),
     "confidence": (0.5, 0.9999),
     "max_error_rate": (0.0, 1.0),
+    "agreement_abs_tol": (0.0, 1e12),
+    "agreement_rel_tol": (0.0, 100.0),
 }
 
 

@@ -11,13 +11,38 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
+from metrics.analysis import Thresholds
 from metrics.router import RouterMetrics
 from router.upstream import Timeout, UpstreamError, UpstreamPool
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """When two regressors' predictions agree: ``|candidate - stable| <= abs_tol + rel_tol * |stable|``."""
+
+    abs_tol: float = Thresholds.agreement_abs_tol
+    rel_tol: float = Thresholds.agreement_rel_tol
+
+    @classmethod
+    def of_rollout(cls, rollout: dict[str, Any] | None) -> Tolerance:
+        """The running rollout plan's tolerance, else the defaults."""
+        given = ((rollout or {}).get("plan") or {}).get("thresholds") or {}
+        if "agreement_abs_tol" not in given and "agreement_rel_tol" not in given:
+            return DEFAULT_TOLERANCE
+        return cls(float(given.get("agreement_abs_tol", cls.abs_tol)),
+                   float(given.get("agreement_rel_tol", cls.rel_tol)))
+
+    def agrees(self, stable: float, candidate: float) -> bool:
+        return abs(candidate - stable) <= self.abs_tol + self.rel_tol * abs(stable)
+
+
+DEFAULT_TOLERANCE = Tolerance()
 
 
 @dataclass(frozen=True)
@@ -27,23 +52,33 @@ class MirrorJob:
     body: bytes
     headers: list[tuple[str, str]]
     stable_body: bytes
+    tolerance: Tolerance = DEFAULT_TOLERANCE
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """How a candidate's answer compares with stable's for one request, row by row."""
+    """How a candidate's answer compares with stable's for one request, row by row.
 
-    agree: bool  # every row has the same predicted class
-    max_probability_diff: float
+    Classifiers agree on a row when they predict the same class, and ``max_diff`` is the largest
+    probability difference; regressors agree within a :class:`Tolerance`, and ``max_diff`` is the
+    largest absolute difference of the predicted values (``regression`` is then true).
+    """
+
+    agree: bool  # every row agrees
+    max_diff: float
     rows: int
     agreeing_rows: int
+    regression: bool = False
 
 
-def compare(stable_body: bytes, candidate_body: bytes) -> Comparison | None:
-    """Same predicted class on every row, and the largest probability difference; None if unusable."""
+def compare(stable_body: bytes, candidate_body: bytes,
+            tolerance: Tolerance = DEFAULT_TOLERANCE) -> Comparison | None:
+    """Row-by-row agreement of two answers to the same request; None if either is unusable."""
     try:
         ours, theirs = orjson.loads(stable_body), orjson.loads(candidate_body)
         p1, p2 = ours["predictions"], theirs["predictions"]
+        if "probabilities" not in ours and "probabilities" not in theirs:
+            return _compare_values(p1, p2, tolerance)
         q1, q2 = ours["probabilities"], theirs["probabilities"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
@@ -55,6 +90,16 @@ def compare(stable_body: bytes, candidate_body: bytes) -> Comparison | None:
     )
     agreeing = sum(1 for a, b in zip(p1, p2, strict=True) if a == b)
     return Comparison(p1 == p2, float(diff), len(p1), agreeing)
+
+
+def _compare_values(p1: list[float], p2: list[float], tolerance: Tolerance) -> Comparison | None:
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (*p1, *p2)):
+        return None
+    if len(p1) != len(p2):
+        return Comparison(False, float("inf"), len(p1), 0, regression=True)
+    agreeing = sum(1 for a, b in zip(p1, p2, strict=True) if tolerance.agrees(a, b))
+    diff = max((abs(b - a) for a, b in zip(p1, p2, strict=True)), default=0.0)
+    return Comparison(agreeing == len(p1), float(diff), len(p1), agreeing, regression=True)
 
 
 class Mirror:
@@ -116,7 +161,7 @@ class Mirror:
             if resp.status != 200:
                 outcome = "error"
             else:
-                result = compare(job.stable_body, resp.body)
+                result = compare(job.stable_body, resp.body, job.tolerance)
                 if result is None:
                     outcome = "invalid"
                 else:
@@ -130,7 +175,7 @@ class Mirror:
                         metrics.child(metrics.shadow_comparisons, "disagree", *pair).inc(
                             result.rows - result.agreeing_rows
                         )
-                    metrics.child(metrics.shadow_probability_diff, *pair).observe(
-                        result.max_probability_diff
-                    )
+                    diffs = (metrics.shadow_value_diff if result.regression
+                             else metrics.shadow_probability_diff)
+                    metrics.child(diffs, *pair).observe(result.max_diff)
         metrics.child(metrics.shadow_requests, job.candidate, outcome).inc()
