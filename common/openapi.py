@@ -131,24 +131,42 @@ def plain_text(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"text/plain": {"schema": STRING}}}
 
 
-def prediction_rows_schema(feature_names: Sequence[str] | None,
-                           max_rows: int | None) -> dict[str, Any]:
-    """``{"instances": [...]}``: rows as arrays in feature order, or as objects keyed by name.
+_CELL = {"number": {"type": "number"}, "integer": {"type": "integer"},
+         "boolean": {"type": "boolean"}, "category": {"type": "string"}}
 
-    Without ``feature_names`` (no model loaded) any non-empty row of numbers is described; the
-    service then answers 503 anyway.
+
+def _cell(column: Mapping[str, Any]) -> dict[str, Any]:
+    """One column's values: its type, and ``null`` where the model accepts missing values."""
+    schema = dict(_CELL[column["type"]])
+    if column.get("nullable"):
+        schema["nullable"] = True
+    if column.get("categories"):
+        schema["description"] = "Seen when packaged: " + ", ".join(column["categories"][:20])
+    return schema
+
+
+def prediction_rows_schema(columns: Sequence[Mapping[str, Any]] | None,
+                           max_rows: int | None) -> dict[str, Any]:
+    """``{"instances": [...]}``: rows as arrays in column order, or as objects keyed by name.
+
+    ``columns`` is the model's input schema (name, type, nullable per column). Without it (no
+    model loaded, or the router, which forwards rows whatever they hold) any non-empty row is
+    described, and the model service is the one that checks it.
     """
-    number = {"type": "number"}
-    if feature_names:
-        width = len(feature_names)
+    if columns:
+        width = len(columns)
+        kinds = [_cell(c) for c in columns]
+        distinct = [k for i, k in enumerate(kinds) if k not in kinds[:i]]
         as_array: dict[str, Any] = {"type": "array", "minItems": width, "maxItems": width,
-                                    "items": number}
-        as_object: dict[str, Any] = {"type": "object", "required": list(feature_names),
-                                     "properties": {name: number for name in feature_names},
+                                    "items": distinct[0] if len(distinct) == 1
+                                    else {"oneOf": distinct}}
+        as_object: dict[str, Any] = {"type": "object", "required": [c["name"] for c in columns],
+                                     "properties": {c["name"]: k for c, k in zip(columns, kinds,
+                                                                                  strict=True)},
                                      "additionalProperties": False}
     else:
-        as_array = {"type": "array", "minItems": 1, "items": number}
-        as_object = {"type": "object", "minProperties": 1, "additionalProperties": number}
+        as_array = {"type": "array", "minItems": 1, "items": {}}
+        as_object = {"type": "object", "minProperties": 1, "additionalProperties": {}}
 
     def rows(row: dict[str, Any], description: str) -> dict[str, Any]:
         schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": row,
@@ -163,19 +181,29 @@ def prediction_rows_schema(feature_names: Sequence[str] | None,
         "additionalProperties": False,
         "properties": {
             "instances": {"oneOf": [
-                rows(as_array, "Rows as arrays of the feature values, in feature order "
-                               "(GET /version lists the feature names)."),
-                rows(as_object, "Rows as objects: feature name to value, every feature once."),
+                rows(as_array, "Rows as arrays of the column values, in column order "
+                               "(GET /version lists the columns and their types)."),
+                rows(as_object, "Rows as objects: column name to value, every column once."),
             ]},
         },
     }
 
 
-def prediction_schema(classes: Sequence[Any] | None) -> dict[str, Any]:
-    """The 200 body of ``POST /predict``: one class and one probability row per instance."""
+def prediction_schema(classes: Sequence[Any] | None, task: str | None = None) -> dict[str, Any]:
+    """The 200 body of ``POST /predict``: one prediction (and for classifiers one probability
+    row) per instance. ``task`` None: either kind of answer."""
+    model_version = {"type": "string", "minLength": 1}
+    value = {"type": "number"}
+    if task == "regression":
+        return {
+            "type": "object", "required": ["predictions", "model_version"],
+            "additionalProperties": False,
+            "properties": {"predictions": {"type": "array", "minItems": 1, "items": value},
+                           "model_version": model_version},
+        }
     label: dict[str, Any] = (
         {"enum": list(classes)} if classes
-        else {"anyOf": [{"type": "integer"}, {"type": "string"}]}
+        else {"anyOf": [{"type": "integer"}, {"type": "string"}, {"type": "boolean"}, value]}
     )
     probability_row: dict[str, Any] = {"type": "array", "minItems": 1,
                                        "items": {"type": "number", "minimum": 0, "maximum": 1}}
@@ -183,14 +211,15 @@ def prediction_schema(classes: Sequence[Any] | None) -> dict[str, Any]:
         probability_row["minItems"] = probability_row["maxItems"] = len(classes)
     return {
         "type": "object",
-        "required": ["predictions", "probabilities", "model_version"],
+        "required": ["predictions", "model_version"] if task is None
+        else ["predictions", "probabilities", "model_version"],
         "additionalProperties": False,
         "properties": {
             "predictions": {"type": "array", "minItems": 1, "items": label},
             "probabilities": {"type": "array", "minItems": 1, "items": probability_row,
                               "description": "Per row, the probability of each class, in the "
-                                             "model's class order."},
-            "model_version": {"type": "string", "minLength": 1},
+                                             "model's class order (classifiers only)."},
+            "model_version": model_version,
         },
     }
 

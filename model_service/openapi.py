@@ -33,10 +33,26 @@ METADATA_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "The artifact's metadata.json: what was trained, when, with which libraries, "
                    "and how well it did on held-out data.",
-    "required": ["version", "sha256", "feature_names"],
+    "required": ["version", "sha256", "feature_names", "task", "input_schema"],
     "properties": {
         "version": STRING,
-        "trained_at": {"type": "string", "format": "date-time"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "task": {"type": "string", "enum": ["classification", "regression"]},
+        "input_schema": {"type": "object", "required": ["frame", "columns"], "properties": {
+            "frame": {"type": "boolean"},
+            "columns": {"type": "array", "items": {
+                "type": "object", "required": ["name", "type", "nullable"], "properties": {
+                    "name": STRING,
+                    "type": {"type": "string", "enum": ["number", "integer", "boolean",
+                                                        "category"]},
+                    "nullable": {"type": "boolean"},
+                    "categories": {"type": "array", "items": STRING}}}}}},
+        "classes": {"type": "array"},
+        "library_versions": {"type": "object", "additionalProperties": STRING},
+        "model_format": {"type": "string", "enum": ["skops", "joblib"]},
+        "trusted_types": {"type": "array", "items": STRING},
+        "evaluation": {"type": "object"},
+        "exports": {"type": "object"},
         "python_version": STRING,
         "sklearn_version": STRING,
         "joblib_version": STRING,
@@ -61,24 +77,26 @@ def model_service_spec() -> dict[str, Any]:
     state = current_app.extensions["model_service"]
     config = state.config
     model = state.holder.current
-    features = list(model.feature_names) if model is not None else None
-    classes = model.classes.tolist() if model is not None else None
+    columns = model.schema.to_json()["columns"] if model is not None else None
+    classes = model.classes.tolist() if model is not None and model.classes is not None else None
+    task = model.task if model is not None else None
     served = {"X-Model-Version": header("The version that answered")}
     predict_errors = [400, 413, 415, 422, 503]
     if config.fault_error_rate:
         predict_errors.append(500)
     paths = {
         "/predict": {"post": operation(
-            "Predict classes and class probabilities for a batch of rows",
-            {"200": json_body("One prediction per row", prediction_schema(classes), served),
+            "Predict for a batch of rows: classes and class probabilities, or values",
+            {"200": json_body("One prediction per row", prediction_schema(classes, task), served),
              **errors(*sorted(predict_errors),
                       meanings={413: f"Body over {config.max_body_bytes} bytes, or more than "
                                      f"{config.max_rows} rows.",
-                                422: "Rows of the wrong width, unknown or missing features, "
-                                     "values that are not numbers or overflow the model.",
+                                422: "Rows of the wrong width, unknown or missing columns, "
+                                     "values of the wrong type, nulls where the model takes "
+                                     "none, rows the model refuses or overflows on.",
                                 503: "No model is loaded."})},
             requestBody={"required": True, "content": {"application/json": {
-                "schema": prediction_rows_schema(features, config.max_rows)}}},
+                "schema": prediction_rows_schema(columns, config.max_rows)}}},
         )},
         "/health": {"get": operation("Liveness", {"200": json_body("The process answers",
                                                                    _status("ok"))})},
