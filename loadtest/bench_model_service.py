@@ -28,11 +28,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
+import pandas as pd
 
 from loadtest.harness import ROOT, Proc, free_port, stop_together, table, wrk_latency
 
@@ -140,19 +142,41 @@ def _median_of_rounds(got: list[tuple[float, float]]) -> tuple[float, float]:
     return statistics.median(p50 for p50, _ in got), statistics.median(p99 for _, p99 in got)
 
 
-def _latency_rows(
-    version: str, url: str, model: Any, data: np.ndarray, quick: bool
-) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Workload:
+    """The same rows as a ``/predict`` body and as the pipeline's own input, one row and 1000."""
+
+    one_body: bytes
+    block_body: bytes
+    one: Any
+    block: Any
+
+    @classmethod
+    def of_matrix(cls, data: np.ndarray) -> Workload:
+        one, block = data[:1], data[np.arange(1000) % len(data)]
+        return cls(orjson.dumps({"instances": one.tolist()}),
+                   orjson.dumps({"instances": block.tolist()}), one, block)
+
+    @classmethod
+    def of_table(cls, model: Any, table: Any) -> Workload:
+        """Records keyed by column name (nulls for missing values), from a CSV's rows."""
+        block_table = table.iloc[np.arange(1000) % len(table)].reset_index(drop=True)
+        records = orjson.loads(block_table.to_json(orient="records"))
+        return cls(orjson.dumps({"instances": records[:1]}), orjson.dumps({"instances": records}),
+                   model.schema.from_table(block_table.iloc[:1]),
+                   model.schema.from_table(block_table))
+
+
+def _latency_rows(version: str, url: str, model: Any, work: Workload,
+                  quick: bool) -> list[dict[str, Any]]:
     """HTTP through wrk (c=1, one keep-alive connection) against the same predict in-process.
 
     Every measure is taken once per round, the rounds interleaved; medians over the rounds.
     """
 
     rounds, seconds, n = (3, 1, 500) if quick else (5, 3, 2000)
-    one = data[:1]
-    block = data[np.arange(1000) % len(data)]
-    one_body = orjson.dumps({"instances": one.tolist()})
-    block_body = orjson.dumps({"instances": block.tolist()})
+    one, block, one_body, block_body = work.one, work.block, work.one_body, work.block_body
+    own = model.pipeline.predict_proba if model.classes is not None else model.pipeline.predict
     conn, python_client = _http_caller(url, "POST", "/predict", one_body)
     got: dict[str, list[tuple[float, float]]] = {
         k: [] for k in ("http", "health", "local", "sklearn", "python", "block_http", "block_local")
@@ -165,7 +189,7 @@ def _latency_rows(
             got["local"].append(_quantiles(_timed(lambda: model.predict(one), n)))
             got["health"].append(wrk_latency(url, "/health", None, seconds))
             got["sklearn"].append(
-                _quantiles(_timed(lambda: model.pipeline.predict_proba(one), n // 4))
+                _quantiles(_timed(lambda: own(one), n // 4))
             )
             got["python"].append(_quantiles(_timed(python_client, n // 2)))
             got["block_http"].append(wrk_latency(url, "/predict", block_body, seconds))
@@ -197,7 +221,7 @@ def _latency_rows(
             _ms(m["health"][0]),
         ),
         _row(
-            f"{version} for reference: scikit-learn's own pipeline.predict_proba, one row, p50",
+            f"{version} for reference: scikit-learn's own pipeline.{own.__name__}, one row, p50",
             _ms(m["sklearn"][0]),
         ),
         _row(
@@ -345,6 +369,20 @@ def _memory_rows(
     ]
 
 
+def _package_churn(artifacts: Path, scratch: Path) -> Any:
+    """The churn example (``python -m examples.churn``) packaged as ``churn``, loaded."""
+    from examples.churn.__main__ import main as build_churn
+    from model_service.artifacts import load_artifact
+    from model_service.packager import Evaluation, load_user_model, package_model
+
+    build_churn(scratch / "churn")
+    version = "churn"
+    package_model(load_user_model(scratch / "churn" / "model.skops", ["numpy.dtype"]), version,
+                  Evaluation.from_csv(scratch / "churn" / "eval.csv", "churned"), artifacts,
+                  description="churn example", trust=["numpy.dtype"])
+    return load_artifact(artifacts, version)
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Measure everything; one dict per table row (measure, value, target, verdict)."""
     from sklearn.datasets import load_breast_cancer
@@ -361,9 +399,20 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             model = load_artifact(artifacts, version)
             server = _serve(version, artifacts)
             procs.append(server)
-            rows += _latency_rows(version, server.url, model, data, quick)
+            rows += _latency_rows(version, server.url, model, Workload.of_matrix(data), quick)
             stop_together([server])
             procs.remove(server)
+        # a user's mixed-type pipeline: a DataFrame of integers, numbers, categories, booleans
+        # and missing values through a ColumnTransformer; "in-process" is its own predict_proba
+        churn_artifacts = scratch / "churn-artifacts"
+        churn = _package_churn(churn_artifacts, scratch)
+        server = _serve(churn.version, churn_artifacts)
+        procs.append(server)
+        table_rows = pd.read_csv(scratch / "churn" / "eval.csv").drop(columns=["churned"])
+        rows += _latency_rows(churn.version, server.url, churn,
+                              Workload.of_table(churn, table_rows), quick)
+        stop_together([server])
+        procs.remove(server)
         for version in VERSIONS:
             model = load_artifact(artifacts, version)
             rows += _batch_rows(version, artifacts, model, data, scratch, quick)
