@@ -139,6 +139,18 @@ def _batch(args: argparse.Namespace) -> int:
     return 0 if report.rows_ok else 1
 
 
+def _export(args: argparse.Namespace) -> int:
+    from model_service.export import ExportError, export_onnx
+
+    try:
+        exported = export_onnx(args.artifacts, args.version, args.output, args.eval)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(exported.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m model_service", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--artifacts", help="artifacts folder (default: $MODEL_ARTIFACTS or artifacts)")
     batch.add_argument("--quiet", action="store_true", help="no progress bar")
     batch.set_defaults(func=_batch)
+
+    export = sub.add_parser("export", help="export a version to ONNX, checked on its evaluation "
+                            "rows first")
+    export.add_argument("--version", required=True)
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("output", help="the .onnx file to write")
+    export.add_argument("--eval", required=True, help="the evaluation CSV the version was "
+                        "packaged with (a target column in it is ignored)")
+    export.add_argument("--artifacts", default=os.environ.get("MODEL_ARTIFACTS", "artifacts"))
+    export.set_defaults(func=_export)
     return parser
 
 
