@@ -90,7 +90,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
+def atomic_write(path: Path, payload: bytes) -> None:
+    """Replace ``path`` with ``payload`` in one step: readers see the old file or the new one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, 0o644)
@@ -157,7 +158,7 @@ def save_artifact(pipeline: Any, folder: Path, model_format: str = "joblib",
         "sha256": file_sha256(model_path),
         **fields,
     }
-    _atomic_write(folder / METADATA_FILE, json.dumps(metadata, indent=2).encode() + b"\n")
+    atomic_write(folder / METADATA_FILE, json.dumps(metadata, indent=2).encode() + b"\n")
     return folder
 
 

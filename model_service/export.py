@@ -43,7 +43,7 @@ from model_service.artifacts import (
     REGRESSION,
     ArtifactError,
     LoadedModel,
-    _atomic_write,
+    atomic_write,
     load_artifact,
     read_metadata,
 )
@@ -353,11 +353,11 @@ def _write(folder: Path, model: LoadedModel, out: Path, payload: bytes,
         raise ExportError(f"version {model.version} changed while it was exported; export again")
     metadata["exports"] = {**(metadata.get("exports") or {}), "onnx": record}
     try:
-        _atomic_write(out, payload)
+        atomic_write(out, payload)
     except OSError as exc:
         raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from None
     try:
-        _atomic_write(folder / METADATA_FILE, json.dumps(metadata, indent=2).encode() + b"\n")
+        atomic_write(folder / METADATA_FILE, json.dumps(metadata, indent=2).encode() + b"\n")
     except OSError as exc:
         os.unlink(out)
         raise ExportError(f"cannot record the export in {folder / METADATA_FILE}: "
