@@ -1,10 +1,14 @@
 """Batch scoring of a CSV file: streamed in chunks, bad rows reported, good rows never lost.
 
-Memory stays flat whatever the file size: only one chunk of lines is held at a time. Each chunk
-is parsed by pandas' C reader; a chunk that fails to parse is re-read line by line so every bad
-row is reported with its line number and the good rows around it are still scored. Results are
-formatted a chunk at a time with numpy (probabilities as fixed six-decimal text, the same digits
-``"%.6f"`` gives), so writing costs little more than the bytes themselves.
+Memory stays flat whatever the file size: only one chunk of lines is held at a time. A model
+whose columns are all numbers gets each chunk parsed by pandas' C reader into a float matrix; a
+chunk that fails to parse is re-read line by line so every bad row is reported with its line
+number and the good rows around it are still scored. Any other schema (integers, booleans,
+categories, missing values) has each column converted by its type, a cell that does not fit
+reported with its row. A row the pipeline itself refuses (an unknown category, say) is found by
+halving the chunk, only when the pipeline refuses. Classifiers' probabilities are formatted a
+chunk at a time with numpy (fixed six-decimal text, the same digits ``"%.6f"`` gives), so writing
+costs little more than the bytes themselves; a regressor's prediction is written in full.
 
     >>> report = score_csv("artifacts", "v1", "in.csv", "out.csv")   # doctest: +SKIP
     >>> print(report.summary())                                       # doctest: +SKIP
@@ -18,15 +22,17 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain, islice
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
+
 from model_service.artifacts import ArtifactError, LoadedModel, load_artifact
+from model_service.schema import Column, InputSchema
 
 
 class BatchError(Exception):
@@ -58,6 +64,11 @@ class _Layout:
     feature_idx: list[int]
     id_idx: int | None
 
+    @property
+    def unused_tail(self) -> bool:
+        """The header ends with a column the model does not use."""
+        return len(self.header) - 1 not in self.feature_idx
+
 
 def _layout(header_line: str, model: LoadedModel, id_column: str | None) -> _Layout:
     if "\r" in header_line:
@@ -73,8 +84,10 @@ def _layout(header_line: str, model: LoadedModel, id_column: str | None) -> _Lay
     missing = [f for f in model.feature_names if f not in header]
     if missing:
         raise BatchError(
-            f"the header lacks {len(missing)} feature column(s), e.g. {missing[:3]}; "
-            f"the first line must name the model's features (GET /version lists them)"
+            f"the header lacks {len(missing)} feature column(s): {', '.join(map(repr, missing))}; "
+            f"the first line must name every column {model.version} takes, in any order (other "
+            f"columns are allowed): {', '.join(model.feature_names)}; `python -m model_service "
+            f"show {model.version}` and GET /version list them with their types"
         )
     id_idx = None
     if id_column:
@@ -88,14 +101,20 @@ def _layout(header_line: str, model: LoadedModel, id_column: str | None) -> _Lay
 
 @dataclass
 class _Chunk:
-    """One chunk of input lines (bytes, line endings kept) and what parsing made of them."""
+    """One chunk of input lines (bytes, line endings kept) and what parsing and scoring made."""
 
     lines: list[bytes]
     first_line: int  # the file's line number of lines[0]
     text: bytes  # the lines joined
-    good: list[int] | None = None  # positions in ``lines`` of the rows in ``matrix``; None: all
-    matrix: np.ndarray | None = None
+    good: list[int] | None = None  # positions in ``lines`` of the rows in ``inputs``; None: all
+    inputs: Any = None  # what the pipeline takes: a float matrix or a DataFrame
     bad: list[tuple[int, str]] = field(default_factory=list)
+    predictions: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+
+    def position(self, row: int) -> int:
+        """The position in ``lines`` of row ``row`` of ``inputs``."""
+        return row if self.good is None else self.good[row]
 
 
 def _chunks(fh: BinaryIO, first_line: int, size: int) -> Iterator[_Chunk]:
@@ -105,9 +124,11 @@ def _chunks(fh: BinaryIO, first_line: int, size: int) -> Iterator[_Chunk]:
         number += len(lines)
 
 
-def _parse(chunk: _Chunk, layout: _Layout) -> None:
-    """Fill ``chunk.matrix``: pandas' C reader for the whole chunk, line by line if it refuses."""
+def _parse_numbers(chunk: _Chunk, layout: _Layout, schema: InputSchema) -> None:
+    """Fill ``chunk.inputs``: pandas' C reader for the whole chunk, line by line if it refuses."""
     try:
+        if not _fields_line_up(chunk, layout):
+            raise ValueError("a line has more or fewer fields than the header")
         frame = pd.read_csv(
             io.BytesIO(chunk.text),
             header=None,
@@ -123,38 +144,49 @@ def _parse(chunk: _Chunk, layout: _Layout) -> None:
         if matrix.shape[0] != len(chunk.lines):
             raise ValueError("row count changed")
     except (ValueError, pd.errors.ParserError):
-        _parse_slow(chunk, layout)
-        return
-    finite = np.isfinite(matrix).all(axis=1)
-    if finite.all():
-        chunk.matrix = matrix
-        return
-    chunk.bad = [
-        (chunk.first_line + int(i), "has a non-finite value (nan or inf)")
-        for i in np.flatnonzero(~finite)
-    ]
-    chunk.good = np.flatnonzero(finite).tolist()
-    chunk.matrix = matrix[finite]
+        matrix = _parse_numbers_slowly(chunk, layout)
+    else:
+        finite = np.isfinite(matrix).all(axis=1)
+        if not finite.all():
+            chunk.bad = [
+                (chunk.first_line + int(i), "has a non-finite value (nan or inf)")
+                for i in np.flatnonzero(~finite)
+            ]
+            chunk.good = np.flatnonzero(finite).tolist()
+            matrix = matrix[finite]
+    chunk.inputs = schema.from_matrix(matrix)
 
 
-def _parse_slow(chunk: _Chunk, layout: _Layout) -> None:
+def _fields_line_up(chunk: _Chunk, layout: _Layout) -> bool:
+    """Whether every line of the chunk holds as many fields as the header.
+
+    pandas' reader, given ``usecols``, drops a line's extra fields without a word and fills a
+    short line's missing ones; a short line that lacks a used field then fails to parse. So a
+    count of separators over the whole chunk is enough, unless unused columns end the header (a
+    line with a field too many and one lacking only those would add up): then each line's count.
+    """
+    raw = np.frombuffer(chunk.text, dtype=np.uint8)
+    commas = raw == ord(",")
+    if b'"' in chunk.text:  # a comma inside quotes separates nothing
+        commas &= (np.cumsum(raw == ord('"')) & 1) == 0
+    per_line = len(layout.header) - 1
+    if not layout.unused_tail:
+        return int(np.count_nonzero(commas)) == per_line * len(chunk.lines)
+    at = np.flatnonzero(commas)
+    if len(at) != per_line * len(chunk.lines):
+        return False
+    # as many as lines times per_line, sorted: each line holds its share if its first and last do
+    lengths = np.fromiter(map(len, chunk.lines), dtype=np.int64, count=len(chunk.lines))
+    ends = np.cumsum(lengths)
+    first, last = at[::per_line], at[per_line - 1 :: per_line]
+    return bool((first >= ends - lengths).all() and (last < ends).all())
+
+
+def _parse_numbers_slowly(chunk: _Chunk, layout: _Layout) -> np.ndarray:
     """Line-by-line parse of a chunk the fast reader refused: good rows kept, bad rows explained."""
     good, rows = [], []
-    width = len(layout.header)
-    for pos, raw in enumerate(chunk.lines):
+    for pos, fields in _fields(chunk, len(layout.header)):
         number = chunk.first_line + pos
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-        if not line.strip():
-            continue  # a blank line is no row
-        try:
-            fields = next(csv.reader([line]))
-        except csv.Error as exc:  # a field over the csv module's limit, say
-            chunk.bad.append((number, f"cannot be read as CSV: {exc}"))
-            continue
-        if len(fields) != width:
-            unclosed = "; it opens a quote it never closes" if line.count('"') % 2 else ""
-            chunk.bad.append((number, f"has {len(fields)} fields; the header has {width}{unclosed}"))
-            continue
         try:
             row = [float(fields[i]) for i in layout.feature_idx]
         except ValueError:
@@ -169,7 +201,28 @@ def _parse_slow(chunk: _Chunk, layout: _Layout) -> None:
         good.append(pos)
         rows.append(row)
     chunk.good = good
-    chunk.matrix = np.array(rows, dtype=np.float64).reshape(len(rows), len(layout.feature_idx))
+    return np.array(rows, dtype=np.float64).reshape(len(rows), len(layout.feature_idx))
+
+
+def _fields(chunk: _Chunk, width: int) -> Iterator[tuple[int, list[str]]]:
+    """Each row's position in the chunk and its ``width`` fields; other lines go to ``chunk.bad``."""
+    for pos, raw in enumerate(chunk.lines):
+        number = chunk.first_line + pos
+        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        if not line.strip():
+            continue  # a blank line is no row
+        try:
+            fields = next(csv.reader([line]))
+        except csv.Error as exc:  # a field over the csv module's limit, say
+            chunk.bad.append((number, f"cannot be read as CSV: {exc}"))
+            continue
+        if len(fields) != width:
+            unclosed = "; it opens a quote it never closes" if line.count('"') % 2 else ""
+            chunk.bad.append(
+                (number, f"has {len(fields)} fields; the header has {width}{unclosed}")
+            )
+            continue
+        yield pos, fields
 
 
 def _is_float(text: str) -> bool:
@@ -178,6 +231,138 @@ def _is_float(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _parse_typed(chunk: _Chunk, layout: _Layout, schema: InputSchema) -> None:
+    """Fill ``chunk.inputs`` column by column, each cell converted by its column's type.
+
+    An empty cell is a missing value; a row with a cell that does not fit its column (or an
+    empty one where the model needs a value) is a bad row, reported for its first such cell.
+    """
+    positions, rows = [], []
+    for pos, fields in _fields(chunk, len(layout.header)):
+        positions.append(pos)
+        rows.append(fields)
+    chunk.good = positions
+    if not rows:
+        return
+    cells = list(zip(*rows, strict=True))
+    values: dict[str, Any] = {}
+    reasons: dict[int, str] = {}
+    for column, idx in zip(schema.columns, layout.feature_idx, strict=True):
+        values[column.name], refused = _convert(column, pd.Series(cells[idx], dtype=object))
+        for i in np.flatnonzero(refused).tolist():
+            reasons.setdefault(i, _refusal(column, cells[idx][i]))
+    table = pd.DataFrame(values)
+    if reasons:
+        chunk.bad += [(chunk.first_line + positions[i], text) for i, text in reasons.items()]
+        keep = [i for i in range(len(rows)) if i not in reasons]
+        chunk.good = [positions[i] for i in keep]
+        table = table.iloc[keep]
+    chunk.inputs = schema.from_table(table)
+
+
+# the spellings pandas reads as booleans
+_BOOLEANS = {
+    **dict.fromkeys(("True", "true", "TRUE"), True),
+    **dict.fromkeys(("False", "false", "FALSE"), False),
+}
+
+
+def _convert(column: Column, cells: pd.Series) -> tuple[Any, np.ndarray]:
+    """A column's CSV cells as values of its type (empty: missing), and which cells do not fit."""
+    text = cells.str.strip()
+    empty = (text == "").to_numpy()
+    refused = empty & (not column.nullable)
+    if column.type == "category":
+        return cells.where(~empty, None), refused
+    if column.type == "boolean":
+        flags = text.map(_BOOLEANS)
+        return flags.astype("boolean"), refused | (flags.isna().to_numpy() & ~empty)
+    numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
+    if column.type == "number":
+        return numbers, refused | (~empty & ~np.isfinite(numbers))
+    whole = np.isfinite(numbers) & (numbers == np.trunc(numbers)) & (np.abs(numbers) <= 2**53)
+    ints = np.where(whole, numbers, 0).astype(np.int64)
+    return pd.arrays.IntegerArray(ints, ~whole), refused | (~empty & ~whole)
+
+
+def _refusal(column: Column, cell: str) -> str:
+    """Why ``cell`` does not fit ``column``, in the words of a CSV file."""
+    if not cell.strip():
+        return f"column {column.name!r} is empty; the model needs {column.expected()} there"
+    expected = replace(column, nullable=False).expected() + (" or empty" if column.nullable else "")
+    shown = cell if len(cell) <= 40 else cell[:40] + "..."
+    return f"column {column.name!r} must be {expected}, got {shown!r}"
+
+
+@dataclass(frozen=True)
+class _Part:
+    """Predictions for rows ``start:stop`` of a chunk's inputs."""
+
+    start: int
+    stop: int
+    predictions: np.ndarray
+    probabilities: np.ndarray | None
+
+
+_OVERFLOW = (
+    "values this far out of range overflow the model; use values on the scale of the training data"
+)
+
+
+def _score(model: LoadedModel, chunk: _Chunk) -> None:
+    """Predict the chunk's rows; a row the pipeline refuses, or overflows on, becomes a bad row."""
+    if chunk.inputs is None or not len(chunk.inputs):
+        return
+    parts: list[_Part] = []
+    refused: list[tuple[int, str]] = []
+    _predict_parts(model, chunk.inputs, 0, len(chunk.inputs), parts, refused)
+    if len(parts) == 1:
+        predictions, proba = parts[0].predictions, parts[0].probabilities
+    elif parts:
+        predictions = np.concatenate([p.predictions for p in parts])
+        proba = None if model.classes is None else np.concatenate([p.probabilities for p in parts])
+    else:  # the pipeline refused every row
+        predictions, proba = np.empty(0), None
+    scores = predictions if proba is None else proba
+    if refused or not np.isfinite(scores).all():
+        finite = np.isfinite(scores) if scores.ndim == 1 else np.isfinite(scores).all(axis=1)
+        rows = np.concatenate([np.arange(p.start, p.stop) for p in parts] or [np.empty(0, int)])
+        refused += [(int(i), _OVERFLOW) for i in rows[~finite]]
+        chunk.bad += [(chunk.first_line + chunk.position(i), text) for i, text in refused]
+        chunk.good = [chunk.position(int(i)) for i in rows[finite]]
+        predictions = predictions[finite]
+        proba = None if proba is None else proba[finite]
+    chunk.predictions, chunk.probabilities = predictions, proba
+
+
+def _predict_parts(
+    model: LoadedModel,
+    inputs: Any,
+    start: int,
+    stop: int,
+    parts: list[_Part],
+    refused: list[tuple[int, str]],
+) -> None:
+    """Predict rows ``start:stop``; halves of rows the pipeline refuses, down to the refused rows.
+
+    Only a refusal costs more calls: two per halving on the way down to each refused row.
+    """
+    rows = inputs.iloc[start:stop] if isinstance(inputs, pd.DataFrame) else inputs[start:stop]
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported as a bad row
+            predictions, proba = model.predict(rows)
+    except (ValueError, TypeError) as exc:
+        if stop - start == 1:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            refused.append((start, f"the model refused this row: {reason}"))
+            return
+        middle = (start + stop) // 2
+        _predict_parts(model, inputs, start, middle, parts, refused)
+        _predict_parts(model, inputs, middle, stop, parts, refused)
+        return
+    parts.append(_Part(start, stop, predictions, proba))
 
 
 def score_csv(
@@ -219,6 +404,7 @@ def score_csv(
             if not header_line.strip():
                 raise BatchError(f"{input_path} is empty; the first line must be a header")
             layout = _layout(header_line, model, id_column)
+            parse = _parse_numbers if model.schema.all_numbers else _parse_typed
             with (
                 open(partial_out, "wb") as fout,
                 open(partial_err, "w", newline="") as ferr,
@@ -236,7 +422,9 @@ def score_csv(
                 err_writer = csv.writer(ferr)
                 err_writer.writerow(["line", "reason"])
                 for chunk in _chunks(fin, 2, chunk_rows):
-                    _parse(chunk, layout)
+                    parse(chunk, layout, model.schema)
+                    _score(model, chunk)
+                    chunk.bad.sort()
                     for number, reason in chunk.bad:
                         err_writer.writerow([number, reason])
                         if len(report.bad_examples) < 20:
@@ -247,7 +435,9 @@ def score_csv(
         os.replace(partial_out, output_path)
         os.replace(partial_err, errors)
     except OSError as exc:  # unreadable input, a full disk, no permission to write
-        raise BatchError(f"the batch stopped: {exc.strerror or exc} ({exc.filename or input_path})") from None
+        raise BatchError(
+            f"the batch stopped: {exc.strerror or exc} ({exc.filename or input_path})"
+        ) from None
     finally:
         partial_out.unlink(missing_ok=True)
         partial_err.unlink(missing_ok=True)
@@ -256,11 +446,16 @@ def score_csv(
 
 
 class _Writer:
-    """Writes each scored row as its lead (the id, or the whole input line), class, probabilities."""
+    """Writes each scored row as its lead (the id, or the whole input line) and its prediction.
+
+    A classifier's prediction is the class as the model names it, then one probability per
+    class; a regressor's is the number, in full (the shortest text that reads back the same).
+    """
 
     def __init__(self, out: BinaryIO, model: LoadedModel, layout: _Layout) -> None:
         self.out, self.model, self.layout = out, model, layout
-        self.class_text = {c: b"," + str(c).encode() for c in model.classes.tolist()}
+        classes = [] if model.classes is None else model.classes.tolist()
+        self.class_text = {c: b"," + _csv_text(str(c)).encode() for c in classes}
 
     def header(self, header_line: str) -> None:
         if self.layout.id_idx is None:
@@ -271,24 +466,18 @@ class _Writer:
         self.out.write((lead + "," + ",".join(map(_csv_text, columns)) + "\n").encode())
 
     def rows(self, chunk: _Chunk) -> int:
-        """Score and write the chunk's good rows; returns how many."""
-        if chunk.matrix is None or not len(chunk.matrix):
+        """Write the chunk's scored rows; returns how many."""
+        if chunk.predictions is None or not len(chunk.predictions):
             return 0
-        predictions, proba = self.model.predict(chunk.matrix)
-        classes = [self.class_text[c] for c in predictions.tolist()]
         lines = chunk.lines if chunk.good is None else [chunk.lines[i] for i in chunk.good]
-        self.out.write(
-            b"".join(
-                chain.from_iterable(
-                    zip(
-                        self._leads(lines, quoted=b'"' in chunk.text),
-                        classes,
-                        _fixed6(proba),
-                        strict=True,
-                    )
-                )
-            )
-        )
+        leads = self._leads(lines, quoted=b'"' in chunk.text)
+        if chunk.probabilities is None:
+            tails = [f",{value!r}\n".encode() for value in chunk.predictions.tolist()]
+            cells = zip(leads, tails, strict=True)
+        else:
+            classes = [self.class_text[c] for c in chunk.predictions.tolist()]
+            cells = zip(leads, classes, _fixed6(chunk.probabilities), strict=True)
+        self.out.write(b"".join(chain.from_iterable(cells)))
         return len(lines)
 
     def _leads(self, lines: list[bytes], *, quoted: bool) -> list[bytes]:

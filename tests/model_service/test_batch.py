@@ -254,7 +254,7 @@ sys.exit(code)
 """
 
 
-def _peak_bytes(artifacts: Path, source: Path, out: Path) -> int:
+def _peak_bytes(artifacts: Path, source: Path, out: Path, version: str = "v1") -> int:
     """Peak resident memory of one batch run, measured by the run's own fresh process."""
     result = subprocess.run(
         [
@@ -263,7 +263,7 @@ def _peak_bytes(artifacts: Path, source: Path, out: Path) -> int:
             _PEAK_MEMORY,
             "batch",
             "--version",
-            "v1",
+            version,
             "--quiet",
             "--artifacts",
             str(artifacts),
@@ -426,3 +426,70 @@ def test_a_field_too_long_for_the_csv_reader_is_a_bad_row(
     assert [r[0] for r in _read_csv(out)[1:]] == ["fine"]
     errors = _read_csv(out.with_suffix(".errors.csv"))
     assert errors[1][0] == "2" and "cannot be read as CSV" in errors[1][1]
+
+
+@pytest.mark.parametrize("chunk_rows", ["4", "10000"])
+@pytest.mark.parametrize("id_last", [False, True], ids=["id first", "id last"])
+def test_lines_with_fields_too_many_or_too_few_are_bad_rows_wherever_they_fall(
+    artifacts: Path,
+    dataset: Any,
+    features: list[str],
+    tmp_path: Path,
+    chunk_rows: str,
+    id_last: bool,
+) -> None:
+    """A line with a field too many is reported, even beside one with a field too few."""
+    source, out = tmp_path / "ragged.csv", tmp_path / "ragged.out.csv"
+    rows = rows_of(dataset, 12)
+    cells = [[_number(v) for v in row] for row in rows]
+
+    def line(ident: str, values: list[str]) -> str:
+        return ",".join([*values, ident] if id_last else [ident, *values])
+
+    def short(values: list[str]) -> str:  # the id (or, id first, the last feature) left out
+        return ",".join(values) if id_last else "short," + ",".join(values[:-1])
+
+    ids = [f"p{i}" if i != 6 else '"Doe, J"' for i in range(12)]
+    good = [line(ident, values) for ident, values in zip(ids, cells, strict=True)]
+    lines = [
+        *good[:4],
+        line("long", cells[4]) + ",1.5",  # line 6, the first of the second chunk of 4
+        good[4],
+        short(cells[5]),  # line 8, in the same chunk: the separators add up
+        *good[5:8],
+        line('"Roe, K"', cells[8]) + ",1.5",  # line 12, among quoted fields
+        good[8],
+        short(cells[9]),  # line 14
+        *good[9:],
+    ]
+    header = [*features, "id"] if id_last else ["id", *features]
+    _write_csv(source, header, lines)
+    assert (
+        _score(artifacts, "--version", "v1", "--chunk-rows", chunk_rows, str(source), str(out)) == 0
+    )
+    errors = {int(n): reason for n, reason in _read_csv(out.with_suffix(".errors.csv"))[1:]}
+    assert errors.keys() == {6, 8, 12, 14}
+    assert all("has 32 fields" in errors[n] for n in (6, 12))
+    assert all("has 30 fields" in errors[n] for n in (8, 14))
+    table = _read_csv(out)
+    assert [row[0] for row in table[1:]] == [i.strip('"') for i in ids]
+    pipeline = load_artifact(artifacts, "v1").pipeline
+    assert [row[1] for row in table[1:]] == pipeline.predict(rows).tolist()
+
+
+def test_a_row_that_overflows_the_model_is_a_bad_row(
+    artifacts: Path, dataset: Any, features: list[str], tmp_path: Path
+) -> None:
+    """Values far beyond the training data's scale give no probabilities: reported, not written."""
+    source, out = tmp_path / "huge.csv", tmp_path / "huge.out.csv"
+    rows = rows_of(dataset, 5)
+    lines = [f"r{i}," + ",".join(_number(v) for v in row) for i, row in enumerate(rows)]
+    lines.insert(2, "huge," + ",".join(["1e308"] * 30))
+    _write_csv(source, ["id", *features], lines)
+    assert _score(artifacts, "--version", "v1", str(source), str(out)) == 0
+    errors = _read_csv(out.with_suffix(".errors.csv"))
+    assert [int(n) for n, _ in errors[1:]] == [4]
+    assert "overflow the model" in errors[1][1]
+    table = _read_csv(out)
+    assert [row[0] for row in table[1:]] == [f"r{i}" for i in range(5)]
+    assert all(float(p) >= 0 for row in table[1:] for p in row[2:])
