@@ -198,8 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch = sub.add_parser("batch", help="score a CSV file in chunks")
     batch.add_argument("--version", required=True)
-    batch.add_argument("input", help="CSV with a header naming the 30 features (and optionally an id)")
-    batch.add_argument("output", help="CSV to write: id (or the input columns), prediction, probabilities")
+    batch.add_argument("input", help="CSV whose header names the model's columns (any order; an id "
+                       "and other columns may be there too; `show V` lists them)")
+    batch.add_argument("output", help="CSV to write: id (or the input columns), prediction, and "
+                       "for classifiers one probability_<class> column per class")
     batch.add_argument("--id-column", help="column to copy as the row id (default: 'id' if present)")
     batch.add_argument("--errors", help="CSV of rejected rows (default: OUTPUT.errors.csv)")
     batch.add_argument("--chunk-rows", type=int, default=10_000)
