@@ -12,10 +12,12 @@ skops cannot hold: unpickling runs code). Loading checks the file's sha256 again
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -104,15 +106,60 @@ def atomic_write(path: Path, payload: bytes) -> None:
 
 
 def dump_model(pipeline: Any, path: str | Path, model_format: str) -> None:
-    """Write ``pipeline`` to ``path`` with skops or joblib."""
+    """Write ``pipeline`` to ``path`` with skops or joblib; the same pipeline, the same bytes."""
     if model_format == "skops":
         import skops.io
 
-        skops.io.dump(pipeline, path)
+        Path(path).write_bytes(_reproducible(skops.io.dumps(pipeline)))
     elif model_format == "joblib":
         joblib.dump(pipeline, path)
     else:
         raise ArtifactError(f"unknown model format {model_format!r}; use one of {sorted(FORMATS)}")
+
+
+def _reproducible(archive: bytes) -> bytes:
+    """A skops file (a zip archive) whose bytes depend only on the pipeline.
+
+    skops names array members and memo keys after Python object ids and dates each member with
+    the time of writing, so two packagings of one pipeline would differ in bytes and in sha256.
+    Here the ids are renumbered in the order the schema first names them, and every member is
+    dated 1980-01-01, as reproducible builds do; what the loader reads is otherwise unchanged.
+    """
+    source = zipfile.ZipFile(io.BytesIO(archive))
+    schema = json.loads(source.read("schema.json"))
+    renumbered: dict[int, int] = {}
+
+    def number(old: int) -> int:
+        return renumbered.setdefault(old, len(renumbered) + 1)
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {}
+            for key, value in node.items():
+                if key == "__id__" and isinstance(value, int):
+                    out[key] = number(value)
+                elif key == "file" and isinstance(value, str) and value.removesuffix(".npy").isdigit():
+                    out[key] = f"{number(int(value.removesuffix('.npy')))}.npy"
+                else:
+                    out[key] = walk(value)
+            return out
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    members = {"schema.json": json.dumps(walk(schema), indent=2).encode()}
+    for member in source.infolist():
+        stem = member.filename.removesuffix(".npy")
+        if member.filename != "schema.json" and stem.isdigit() and int(stem) in renumbered:
+            members[f"{renumbered[int(stem)]}.npy"] = source.read(member)
+        elif member.filename != "schema.json":
+            members[member.filename] = source.read(member)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as target:
+        for name in sorted(members):
+            target.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), members[name],
+                            compress_type=zipfile.ZIP_DEFLATED)
+    return out.getvalue()
 
 
 def library_versions() -> dict[str, str]:

@@ -40,6 +40,16 @@ def test_two_trainings_predict_identically(
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
+def test_two_trainings_write_the_same_bytes(artifacts: Path, retrained: Path, version: str) -> None:
+    """Reproducible artifacts: every build of a version (each Heroku slug) has one sha256."""
+    first = json.loads((artifacts / version / "metadata.json").read_text())
+    second = json.loads((retrained / version / "metadata.json").read_text())
+
+    assert first["model_file"] == second["model_file"] == "model.skops"
+    assert first["sha256"] == second["sha256"] == file_sha256(retrained / version / "model.skops")
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
 def test_metadata_describes_the_artifact(
     artifacts: Path, features: list[str], version: str
 ) -> None:
