@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import tempfile
@@ -31,6 +32,7 @@ import sklearn
 from model_service.fastpath import compile_predict_proba
 from model_service.schema import InputSchema
 
+log = logging.getLogger(__name__)
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "metadata.json"
 FORMATS = {"skops": "model.skops", "joblib": "model.joblib"}
@@ -56,6 +58,10 @@ class LoadedModel:
     # checked against it at load (model_service.fastpath); ``prediction`` says which.
     estimate: Callable[[Any], np.ndarray] = field(repr=False)
     prediction: str = "scikit-learn"
+    # Whether the pipeline predicts a plain row of its schema (zeros, false, the first category
+    # seen). When it does, a row it refuses is the row's fault (a 422); when it does not, the
+    # model itself is broken and its failures are server errors.
+    answers_probe: bool = True
 
     @property
     def sha256(self) -> str:
@@ -272,7 +278,23 @@ def load_folder(folder: Path, version: str) -> LoadedModel:
         class_labels=labels,
         estimate=estimate,
         prediction=prediction,
+        answers_probe=_answers_probe(version, schema, estimate),
     )
+
+
+def _answers_probe(version: str, schema: InputSchema, estimate: Callable[[Any], np.ndarray]) -> bool:
+    """Whether the model predicts one plain row of its schema without failing."""
+    plain = {"number": 0.0, "integer": 0, "boolean": False, "category": ""}
+    columns = {c.name: c.array([c.categories[0] if c.categories else plain[c.type]], str)
+               for c in schema.columns}
+    try:
+        with np.errstate(all="ignore"):
+            estimate(schema.frame_of(columns))
+    except Exception as exc:  # noqa: BLE001 (whatever the pipeline raises, it fails the probe)
+        log.warning("version %s fails on a plain row of its schema (%s: %s); its prediction "
+                    "failures will be answered as server errors", version, type(exc).__name__, exc)
+        return False
+    return True
 
 
 def _read_model(path: Path, metadata: dict[str, Any]) -> Any:

@@ -93,10 +93,16 @@ class PredictPath:
 
 
 def predict_checked(model: LoadedModel, inputs: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """``model.predict``, with a row the pipeline refuses or overflows on named in a JSON 422."""
+    """``model.predict``, with a row the pipeline refuses or overflows on named in a JSON 422.
+
+    A model that fails even on a plain row of its schema is broken: its failures propagate, and
+    are answered as the contract's JSON 500 (they are the service's errors, not the client's).
+    """
     try:
         predictions, proba = model.predict(inputs)
     except (ValueError, TypeError) as exc:
+        if not model.answers_probe:
+            raise
         raise Unprocessable(_refused_row(model, inputs, exc), code="model_refused") from None
     out = proba if proba is not None else predictions
     finite = np.isfinite(out) if out.ndim == 1 else np.isfinite(out).all(axis=1)

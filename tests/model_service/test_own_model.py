@@ -327,3 +327,41 @@ def test_packaging_refusals_say_what_to_do(
     assert code == 2
     assert expected in capsys.readouterr().err
     assert not (art / version).exists()
+
+
+def test_a_row_the_pipeline_refuses_is_a_422_naming_it_and_a_broken_model_a_500(
+        projects: dict[str, Path], tmp_path: Path) -> None:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder
+
+    from model_service.app import create_app
+    from model_service.config import ModelServiceConfig
+    from model_service.packager import Evaluation, package_model
+
+    churn = projects["churn"]
+    train = pd.read_csv(churn / "train.csv").dropna()
+    strict = make_pipeline(
+        ColumnTransformer([("plan", OneHotEncoder(handle_unknown="error"), ["plan"]),
+                           ("numbers", "passthrough", ["tenure_months", "support_calls"])]),
+        LogisticRegression(max_iter=1000),
+    ).fit(train[["plan", "tenure_months", "support_calls"]], train["churned"])
+    table = pd.read_csv(churn / "eval.csv")[["plan", "tenure_months", "support_calls", "churned"]]
+    evaluation = Evaluation.from_frame(table.dropna(), "churned", {"source": "test"})
+    package_model(strict, "strict", evaluation, tmp_path, trust=["numpy.dtype"])
+    good = {"plan": "basic", "tenure_months": 3, "support_calls": 1}
+    client = create_app(ModelServiceConfig(version="strict", artifacts=str(tmp_path))).test_client()
+
+    refused = client.post("/predict", json={"instances": [good, {**good, "plan": "platinum"}]})
+
+    assert refused.status_code == 422
+    assert refused.get_json()["error"]["code"] == "model_refused"
+    assert refused.get_json()["error"]["message"].startswith(
+        "instances[1]: the model refused this row: Found unknown categories")
+    assert client.post("/predict", json={"instances": [good]}).status_code == 200
+
+    from tests.router.rollout.test_release_in_place import save_broken_version
+
+    save_broken_version(tmp_path)  # loads, but expects 5 features where its schema has 30
+    broken = create_app(ModelServiceConfig(version="v3", artifacts=str(tmp_path))).test_client()
+    failed = broken.post("/predict", json={"instances": [[1.0] * 30]})
+    assert failed.status_code == 500 and failed.get_json()["error"]["code"] == "internal_error"

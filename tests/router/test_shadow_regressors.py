@@ -8,6 +8,7 @@ router mirrors every request to the candidate and counts each row as agreeing wh
 from __future__ import annotations
 
 import json
+import time
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from tests.servers import ROOT, ServerProcess, model_service, router, settled, w
 pytestmark = pytest.mark.slow
 TRUST = ["sklearn.tree._tree.Tree", "numpy.dtype"]
 REQUESTS = 40
+PROPAGATION_S = 1.0  # every router worker routes by a state change within 1 s
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +75,7 @@ def test_mirrored_regressor_rows_agree_within_the_tolerance_as_computed_offline(
                                  <= tol.abs_tol + tol.rel_tol * np.abs(stable)))
     assert 0 < agree < REQUESTS  # two genuinely different regressors
     put_state(shadow_router.url, "shadow", shadow_percent=100)
+    time.sleep(PROPAGATION_S)  # until every router worker mirrors
 
     for row in rows:
         resp = requests.post(shadow_router.url + "/predict", json={"instances": [row]}, timeout=10)
@@ -83,7 +86,11 @@ def test_mirrored_regressor_rows_agree_within_the_tolerance_as_computed_offline(
         return metric(shadow_router.url, "router_shadow_value_diff_count", stable="v1",
                       candidate="v2")
 
-    wait_until(lambda: compared() >= REQUESTS, timeout=30)
+    def mirrored() -> float:
+        return metric(shadow_router.url, "router_shadow_requests_total", version="v2")
+
+    wait_until(lambda: mirrored() >= REQUESTS, timeout=30)
+    assert mirrored() == REQUESTS
     counts = settled(lambda: (
         metric(shadow_router.url, "router_shadow_comparisons_total", result="agree"),
         metric(shadow_router.url, "router_shadow_comparisons_total", result="disagree"),
