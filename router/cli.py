@@ -2,8 +2,8 @@
 
 Reads ``ROLLOUT_URL`` (default http://127.0.0.1:8000) and ``ROLLOUT_TOKEN``; ``--url`` and
 ``--token`` override them. ``--json`` prints the router's JSON to stdout for scripts. Any failure
-is one line on stderr and exit code 2; ``watch`` exits 0 when the rollout is promoted and 1 when it
-is rolled back or aborted.
+is one line on stderr and exit code 2; ``watch`` exits 0 when the rollout is promoted, 1 when it
+is rolled back or aborted, and 3 when no rollout is running (nothing to watch).
 
     $ rollout status
     $ rollout start --strategy canary --steps 10,50,100 --interval 30
@@ -26,11 +26,18 @@ from typing import Any
 
 import requests
 
-from router.cli_render import one_line, verdict_line, render_events, render_state, render_watch
+from router.cli_render import (
+    one_line,
+    render_events,
+    render_idle,
+    render_state,
+    render_watch,
+    verdict_line,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 ACTIVE = ("running", "paused", "awaiting_promotion")
-EXIT_OK, EXIT_ROLLED_BACK, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_ROLLED_BACK, EXIT_ERROR, EXIT_NOTHING_TO_WATCH = 0, 1, 2, 3
 _NOT_ROUTER = "is ROLLOUT_URL the router's address?"
 
 
@@ -130,12 +137,21 @@ def _emit(args: argparse.Namespace, doc: Any, human: Callable[[], str]) -> None:
     print(json.dumps(doc, indent=None if args.command == "watch" else 2) if args.json else human())
 
 
+def _artifacts(client: AdminClient, state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each role's artifact metadata, from the model service that serves it."""
+    upstreams = state.get("upstreams") or {}
+    return {str(v): client.version_metadata(upstreams[v])
+            for v in (state.get("stable"), state.get("candidate")) if v in upstreams}
+
+
+def _show_state(client: AdminClient, args: argparse.Namespace, state: dict[str, Any]) -> None:
+    """After a change, the view ``status`` prints; ``--json`` prints the router's answer."""
+    _emit(args, state, lambda: render_state(state, client.url, _artifacts(client, state)))
+
+
 def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
     state = client.call("GET", "/admin/state")
-    upstreams = state.get("upstreams") or {}
-    artifacts: dict[str, dict[str, Any]] = {
-        str(v): client.version_metadata(upstreams[v])
-        for v in (state.get("stable"), state.get("candidate")) if v in upstreams}
+    artifacts = _artifacts(client, state)
     _emit(args, {"state": state, "artifacts": artifacts},
           partial(render_state, state, client.url, artifacts))
     return EXIT_OK
@@ -153,7 +169,7 @@ def cmd_set(client: AdminClient, args: argparse.Namespace) -> int:
     if args.reason:
         body["reason"] = args.reason
     state = client.call("PATCH", "/admin/state", body, if_match=args.if_match)
-    _emit(args, state, partial(render_state, state, client.url))
+    _show_state(client, args, state)
     return EXIT_OK
 
 
@@ -163,7 +179,7 @@ def _transition(path: str) -> Command:
         doc = client.call("POST", path, {"reason": args.reason} if args.reason else None,
                           if_match=args.if_match)
         if "strategy" in doc:
-            _emit(args, doc, partial(render_state, doc, client.url))
+            _show_state(client, args, doc)
         else:  # pause and resume answer with the rollout
             rollout = doc.get("rollout") or {}
             _emit(args, doc, lambda: f"rollout {rollout.get('id')} is {rollout.get('status')} "
@@ -230,19 +246,26 @@ def plan_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_start(client: AdminClient, args: argparse.Namespace) -> int:
     state = client.call("POST", "/admin/rollout", plan_from_args(args), if_match=args.if_match)
-    _emit(args, state, partial(render_state, state, client.url))
+    _show_state(client, args, state)
     return EXIT_OK
 
 
 def cmd_watch(client: AdminClient, args: argparse.Namespace) -> int:
-    """Refresh until the rollout ends: 0 when promoted, 1 when rolled back or aborted."""
+    """Refresh until the rollout ends: 0 when promoted, 1 when rolled back or aborted.
+
+    With no rollout running (or paused, or at the manual gate) there is nothing to follow: one
+    line on the last rollout, if any, and exit code 3, told apart from a release's outcome.
+    """
     deadline = time.monotonic() + args.give_up_after if args.give_up_after else None
     shown: int | None = None
     while True:
         state = client.call("GET", "/admin/state")
         rollout = state.get("rollout")
+        if shown is None and (not rollout or rollout.get("status") not in ACTIVE):
+            _emit(args, {"state": state}, partial(render_idle, rollout))
+            return EXIT_NOTHING_TO_WATCH
         if not rollout:
-            raise CLIError("there is no rollout to watch; start one with `rollout start`")
+            raise CLIError("the rollout is no longer in the router's state; see `rollout events`")
         analysis = client.call("GET", "/admin/analysis")
         decisions = rollout.get("decisions") or []
         if shown is None:
@@ -348,7 +371,8 @@ COMMANDS: dict[str, tuple[Command, str, list[Option]]] = {
               [REASON]),
     "resume": (_transition("/admin/rollout/resume"),
                "continue a paused rollout, or promote one waiting at the manual gate", [REASON]),
-    "watch": (cmd_watch, "follow the rollout and its live analysis until it ends", [
+    "watch": (cmd_watch, "follow the running rollout and its live analysis until it ends (exit "
+                         "0 promoted, 1 rolled back or aborted, 3 no rollout running)", [
         ("--interval", _opt("SECONDS", "seconds between refreshes (default: 2)", type=_seconds,
                             default=2.0)),
         ("--give-up-after", _opt("SECONDS", "exit 2 if the rollout has not ended by then "
@@ -368,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rollout", parents=[common],
         description="Operate the model router: inspect, change and roll out versions through its "
                     "admin API.",
-        epilog="exit codes: 0 ok (watch: promoted), 1 watch: rolled back or aborted, 2 error")
+        epilog="exit codes: 0 ok (watch: promoted), 1 watch: rolled back or aborted, 2 error, "
+               "3 watch: no rollout is running")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (func, help_text, options) in COMMANDS.items():
         command = sub.add_parser(name, parents=[common], help=help_text, description=help_text)

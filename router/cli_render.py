@@ -6,6 +6,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+CHANGE_WIDTH = 60  # the audit log's change column wraps between parts beyond this
+
+
 def one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -130,21 +133,38 @@ def render_watch(state: dict[str, Any], analysis: dict[str, Any]) -> str:
             f"  {body}\n  live verdict: {verdict}")
 
 
+def render_idle(rollout: dict[str, Any] | None) -> str:
+    """``watch`` with nothing to follow: say so, and how the last rollout ended."""
+    if not rollout:
+        return "no rollout is running; none has run on this router yet"
+    plan = rollout.get("plan") or {}
+    outcome = str(rollout.get("status") or "ended").replace("_", " ")
+    line = (f"last rollout: {rollout.get('id')} ({plan.get('strategy')} of "
+            f"{rollout.get('candidate')}) {outcome} at {_clock(rollout.get('updated_at'))}")
+    return f"no rollout is running\n{line}"
+
+
 def render_events(events: list[dict[str, Any]]) -> str:
-    """The audit log as a small table."""
+    """The audit log as a table; a long change wraps onto lines of its own in its column.
+
+    Every part of a change is shown: the table is the audit trail, and ``--json`` is for scripts.
+    """
     if not events:
         return "no events"
     header = ("ID", "TIME", "CONFIG", "ACTOR", "ACTION", "CHANGE", "REASON")
-    rows = [(str(e.get("id", "")), str(e.get("time", ""))[:19].replace("T", " "),
-             str(e.get("config_version", "")), str(e.get("actor", "")), str(e.get("action", "")),
-             _change(e.get("old") or {}, e.get("new") or {}), one_line(str(e.get("reason") or "")))
-            for e in events]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    rows: list[tuple[str, ...]] = [header]
+    for e in events:
+        first, *rest = _wrap(_change(e.get("old") or {}, e.get("new") or {}), CHANGE_WIDTH)
+        rows.append((str(e.get("id", "")), str(e.get("time", ""))[:19].replace("T", " "),
+                     str(e.get("config_version", "")), str(e.get("actor", "")),
+                     str(e.get("action", "")), first, one_line(str(e.get("reason") or ""))))
+        rows.extend(("", "", "", "", "", more, "") for more in rest)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return "\n".join(("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False))
-                      + "  " + row[-1]).rstrip() for row in [header, *rows])
+                      + "  " + row[-1]).rstrip() for row in rows)
 
 
-def _change(old: dict[str, Any], new: dict[str, Any]) -> str:
+def _change(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     parts = []
     for key, after in new.items():
         before = old.get(key)
@@ -153,6 +173,18 @@ def _change(old: dict[str, Any], new: dict[str, Any]) -> str:
             if before == after:
                 continue
         parts.append(f"{key} {_num(before)}->{_num(after)}")
-    text = ", ".join(parts) or "-"
-    return text if len(text) <= 70 else text[:67] + "..."
+    return parts or ["-"]
+
+
+def _wrap(parts: list[str], width: int) -> list[str]:
+    """Parts joined by ", " into lines of at most ``width``; a longer part keeps a line whole."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += ", " + part
+        else:
+            if lines:
+                lines[-1] += ","
+            lines.append(part)
+    return lines
 

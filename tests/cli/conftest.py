@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +17,7 @@ from router.cli import main
 from tests.servers import ServerProcess, router
 
 TOKEN = "admin-secret"
+SCRIPT = Path(sys.executable).parent / "rollout"
 
 
 @dataclass
@@ -83,3 +87,16 @@ def admin_get(server: ServerProcess, path: str) -> Any:
     resp = requests.get(server.url + path, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
     resp.raise_for_status()
     return resp.json()
+
+
+def script_env(url: str, token: str = TOKEN) -> dict[str, str]:
+    """The environment for the console script: ROLLOUT_URL and ROLLOUT_TOKEN, nothing inherited."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOUT_")}
+    env.update(ROLLOUT_URL=url, ROLLOUT_TOKEN=token)
+    return env
+
+
+def run_script(*argv: str, url: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
+    """The installed ``rollout`` console script, run as a user runs it."""
+    return subprocess.run([str(SCRIPT), *argv], check=False, env=script_env(url, token),
+                          capture_output=True, text=True, timeout=180)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import requests
 
 from router.cli import main
-from tests.cli.conftest import TOKEN, Runner, admin_get
+from tests.cli.conftest import SCRIPT, TOKEN, Runner, admin_get, script_env
 from tests.servers import ServerProcess, free_port, router
 
 ROW = [14.1, 19.3, 92.0, 654.9, 0.096, 0.104, 0.089, 0.049, 0.181, 0.063, 0.405, 1.217, 2.866,
@@ -67,6 +68,16 @@ def test_set_changes_strategy_and_split(rollout: Runner, stack: ServerProcess) -
     assert "v1 75%, v2 25%" in result.out
     state = admin_get(stack, "/admin/state")
     assert (state["strategy"], state["canary_weight"], state["config_version"]) == ("canary", 25, 2)
+
+
+def test_set_prints_the_view_of_status(rollout: Runner, v2_service: ServerProcess) -> None:
+    result = rollout("set", "--strategy", "canary", "--weight", "10")
+
+    assert result.code == 0, result.err
+    assert result.out == rollout("status").out
+    sha256 = requests.get(v2_service.url + "/version", timeout=5).json()["sha256"]
+    candidate = next(line for line in result.out.splitlines() if line.startswith("candidate:"))
+    assert sha256[:12] in candidate and "accuracy" in candidate
 
 
 def test_set_shadow_percent_json(rollout: Runner, stack: ServerProcess) -> None:
@@ -155,6 +166,25 @@ def test_events_table_and_json(rollout: Runner) -> None:
     assert rollout("events", "--after", str(events[0]["id"])).out.strip() == "no events"
 
 
+def test_events_show_the_whole_change(rollout: Runner) -> None:
+    rollout("start", "--strategy", "shadow-then-canary", "--shadow-percent", "50",
+            "--interval", "600", "--reason", "long change")
+    event = json.loads(rollout("events", "--json", "--limit", "1").out)["events"][0]
+    parts = [f"{key} {event['old'].get(key)}->{value}" for key, value in event["new"].items()
+             if key != "rollout"] + ["rollout None->running"]
+    assert len(", ".join(parts)) > 70  # longer than the column used to be
+
+    header, first, *more = rollout("events", "--limit", "1").out.splitlines()
+
+    column = header.index("CHANGE")
+    assert more and first.endswith("long change")
+    change = " ".join(line[column:].split("  ")[0] for line in [first, *more])
+    assert "..." not in change
+    for part in parts:
+        assert part.replace("None", "none") in change
+    assert all(line[:column].strip() == "" for line in more)
+
+
 @pytest.fixture
 def traffic(stack: ServerProcess) -> Iterator[None]:
     """Client requests through the router from a thread, each with its own user key."""
@@ -190,20 +220,48 @@ def test_watch_exits_0_when_the_rollout_is_promoted(rollout: Runner, stack: Serv
     assert admin_get(stack, "/admin/state")["stable"] == "v2"
 
 
-def test_watch_exits_1_when_the_rollout_was_aborted(rollout: Runner) -> None:
+@pytest.mark.parametrize("as_json", [False, True])
+def test_watch_exits_1_when_the_rollout_is_aborted(rollout: Runner, stack: ServerProcess,
+                                                   as_json: bool) -> None:
     rollout("start", "--strategy", "canary", "--steps", "10,100", "--interval", "600")
-    rollout("rollback", "--reason", "abort")
+    argv = [str(SCRIPT), "watch", "--interval", "0.2", *(["--json"] if as_json else [])]
+    with subprocess.Popen(argv, env=script_env(stack.url), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as watch:
+        assert watch.stdout is not None
+        first = watch.stdout.readline()  # the first refresh: watch is following the rollout
+        assert rollout("rollback", "--reason", "abort").code == 0
+        out, err = watch.communicate(timeout=60)
 
-    result = rollout("watch", "--json")
+    assert watch.returncode == 1, err
+    if as_json:
+        assert json.loads(first)["state"]["rollout"]["status"] == "running"
+        last = json.loads(out.splitlines()[-1])
+        assert last["state"]["rollout"]["status"] == "aborted"
+        assert "versions" in last["analysis"]
+    else:
+        assert " running: canary" in first
+        assert out.splitlines()[-1].endswith("aborted; stable is now v1")
 
-    assert result.code == 1
-    last = json.loads(result.out.splitlines()[-1])
-    assert last["state"]["rollout"]["status"] == "aborted"
-    assert "versions" in last["analysis"]
 
-
-def test_watch_without_a_rollout_is_an_error(read_only: Runner) -> None:
+def test_watch_without_a_rollout_says_so(read_only: Runner) -> None:
     result = read_only("watch")
 
-    assert result.code == 2
-    assert "no rollout to watch" in result.err
+    assert (result.code, result.err) == (3, "")
+    assert result.out.splitlines() == ["no rollout is running; none has run on this router yet"]
+
+
+def test_watch_after_a_rollout_ended_names_it_and_exits_3(rollout: Runner) -> None:
+    started = json.loads(rollout("start", "--strategy", "canary", "--steps", "10,100",
+                                 "--interval", "600", "--json").out)
+    rollout("rollback", "--reason", "abort")
+
+    result = rollout("watch")
+    as_json = rollout("watch", "--json")
+
+    assert result.code == as_json.code == 3
+    rollout_id = started["rollout"]["id"]
+    lines = result.out.splitlines()
+    assert lines[0] == "no rollout is running"
+    assert lines[1].startswith(f"last rollout: {rollout_id} (canary of v2) aborted at ")
+    assert len(lines) == 2
+    assert json.loads(as_json.out)["state"]["rollout"]["id"] == rollout_id

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import TOKEN, start_router
+from tests.cli.conftest import SCRIPT, TOKEN, start_router
+from tests.cli.conftest import run_script as rollout
 from tests.servers import ServerProcess, free_port
-
-SCRIPT = Path(sys.executable).parent / "rollout"
-
-
-def rollout(*argv: str, url: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOUT_")}
-    env.update(ROLLOUT_URL=url, ROLLOUT_TOKEN=token)
-    return subprocess.run([str(SCRIPT), *argv], check=False, env=env, capture_output=True,
-                          text=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
