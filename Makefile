@@ -1,10 +1,19 @@
 # Two commands on a fresh machine: `make run` starts the local stack, `make test` runs the suite.
+#
+#   make run         set up .venv, train v1 and v2 if needed, start v1 :8001, v2 :8002, router :8000
+#                    (DEVSTACK_PORT=9000 for 9000-9002); routing state and tokens persist in var/
+#   make test        the whole suite; make test-quick skips the tests marked slow
+#   make reset       start over: delete the routing state, rollouts and audit log in var/, keep
+#                    .venv, artifacts/ and the admin tokens (var/tokens.env); RESET_TOKENS=1 also
+#                    deletes the tokens, so the next `make run` prints new ones
+#   make clean       delete .venv, artifacts/ and var/: the next `make run` starts from nothing
+#   make help        this text
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-quick bench train lint clean
+.PHONY: help run test test-quick bench train lint reset clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -35,6 +44,15 @@ bench: $(STAMP) artifacts/v1/metadata.json artifacts/v2/metadata.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+help:
+	@sed -n 's/^#  //p' $(firstword $(MAKEFILE_LIST))
+
+# The state of a running stack is in use: stop `make run` first.
+reset:
+	@if [ -d var ]; then find var -mindepth 1 -maxdepth 1 \
+	    $(if $(filter 1 true yes,$(RESET_TOKENS)),,! -name tokens.env) -exec rm -rf {} +; fi
+	@echo "$(if $(filter 1 true yes,$(RESET_TOKENS)),routing state and tokens removed from var/,routing state removed from var/; tokens kept in var/tokens.env)"
 
 clean:
 	rm -rf $(VENV) artifacts var
