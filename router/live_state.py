@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from router.config import RouterConfig
-from router.state import StaleState, StateStore, StoredState, StoreUnavailable
+from router.releases import log_event, log_release, release_record
+from router.state import StaleState, StateStore, StateStoreError, StoredState, StoreUnavailable
 from strategies import RoutingState
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class LiveState:
             before = snapshot_of(stored)
             if if_match is not None and if_match != before.config_version:
                 raise StaleState(before.config_version, if_match)
-            after = mutate(before)
+            after = _count_config_version(before, mutate(before))
             old, new = _diff(before.document(), after.document())
             event = {"actor": actor, "action": action, "reason": reason, "old": old, "new": new}
             if evidence is not None:
@@ -145,12 +146,43 @@ class LiveState:
                     committed = self.store.commit(before.config_version, after.document(), event)
                     self.store_ok = True
                     self._publish(snapshot_of(committed))
-                    return self.current
+                    current = self.current
             except StaleState:
                 if if_match is not None:
                     raise
                 continue
+            log_event(committed.config_version, event)
+            if current.rollout is not None and current.rollout != before.rollout:
+                self._save_release(current)
+            return current
         raise StaleState(self.current.config_version)
+
+    def _save_release(self, snapshot: Snapshot) -> None:
+        record = release_record(snapshot)
+        if record is None:
+            return
+        log_release(record)
+        try:
+            self.store.save_release(record)
+        except StateStoreError as exc:  # the change itself is committed; the log line keeps this
+            log.warning("release %s not saved to the store: %s", record["id"], exc)
+
+
+def _count_config_version(before: Snapshot, after: Snapshot) -> Snapshot:
+    """A change made during a rollout is counted in it: the config_version it is about to get."""
+    rollout = after.rollout
+    if rollout is None or (rollout == before.rollout and after.routing == before.routing):
+        return after
+    if before.rollout is not None and before.rollout.get("id") != rollout.get("id"):
+        written: list[int] = []
+    else:
+        written = list(rollout.get("config_versions") or [])
+    if before.rollout is not None and before.rollout.get("id") == rollout.get("id") \
+            and rollout.get("status") not in ("running", "paused", "awaiting_promotion") \
+            and before.rollout.get("status") == rollout.get("status"):
+        return after  # a rollout that had ended is not counted on
+    return replace(after, rollout={**rollout,
+                                   "config_versions": [*written, before.config_version + 1]})
 
 
 def _diff(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""The state store interface: one versioned routing-state document, an audit log, named leases.
+"""The state store interface: one versioned routing-state document, an audit log, the release
+history, named leases.
 
 Every backend keeps the same three things and offers the same few methods, so the router never
 knows which one it talks to. Changes are compare-and-set on ``config_version``: a writer reads
@@ -76,6 +77,14 @@ class StateStore(Protocol):
 
     def events(self, limit: int = 100, after: int = 0) -> list[dict[str, Any]]:
         """Return the newest ``limit`` audit events with id > ``after``, oldest first."""
+        ...
+
+    def save_release(self, record: dict[str, Any]) -> None:
+        """Insert or replace the release record with ``record["id"]`` (one per rollout)."""
+        ...
+
+    def releases(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest ``limit`` release records, oldest first (by ``started_at``)."""
         ...
 
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:

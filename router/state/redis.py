@@ -5,6 +5,8 @@ Keys live under a prefix (default ``router:``; ``?prefix=...`` in the URL or ``p
     <prefix>state          hash: ``version`` and ``document`` (JSON)
     <prefix>events         stream of audit events, entry id ``<event id>-0``
     <prefix>event_id       counter the event ids come from
+    <prefix>releases       hash: release id -> release record (JSON)
+    <prefix>release_order  sorted set of release ids by start time
     <prefix>lease:<name>   the holder of a lease, expiring with the lease's TTL
     <prefix>changes        pub/sub channel: the new config_version after every commit
 
@@ -104,6 +106,8 @@ class RedisStateStore:
         self._state_key = f"{self.prefix}state"
         self._events_key = f"{self.prefix}events"
         self._event_id_key = f"{self.prefix}event_id"
+        self._releases_key = f"{self.prefix}releases"
+        self._release_order_key = f"{self.prefix}release_order"
         self.changes_channel = f"{self.prefix}changes"
         self._initialize = self._client.register_script(_INITIALIZE)
         self._commit = self._client.register_script(_COMMIT)
@@ -155,6 +159,23 @@ class RedisStateStore:
             {"id": int(entry_id.split("-", 1)[0]), **json.loads(fields["event"])}
             for entry_id, fields in reversed(entries)
         ]
+
+    def save_release(self, record: dict[str, Any]) -> None:
+        key = str(record["id"])
+        with self._translate():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hset(self._releases_key, key, json.dumps(record))
+            pipe.zadd(self._release_order_key, {key: float(record.get("started_at") or 0)})
+            pipe.execute()
+
+    def releases(self, limit: int = 100) -> list[dict[str, Any]]:
+        if limit <= 0:
+            return []
+        with self._translate():
+            ids = cast("list[str]", self._client.zrevrange(self._release_order_key, 0, limit - 1))
+            bodies = cast("list[str | None]",
+                          self._client.hmget(self._releases_key, ids)) if ids else []
+        return [json.loads(body) for body in reversed(bodies) if body is not None]
 
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
         ttl_ms = check_lease_ttl(ttl_s)

@@ -42,6 +42,11 @@ _SCHEMA = (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         event TEXT NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS releases (
+        id TEXT PRIMARY KEY,
+        started_at REAL NOT NULL,
+        record TEXT NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS leases (
         name TEXT PRIMARY KEY,
         holder TEXT NOT NULL,
@@ -134,6 +139,22 @@ class SQLiteStateStore:
             (after, limit),
         )
         return [{"id": event_id, **json.loads(body)} for event_id, body in reversed(rows)]
+
+    def save_release(self, record: dict[str, Any]) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO releases (id, started_at, record) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+                (str(record["id"]), float(record.get("started_at") or 0), json.dumps(record)),
+            )
+
+    def releases(self, limit: int = 100) -> list[dict[str, Any]]:
+        if limit <= 0:
+            return []
+        rows = self._fetch(
+            "SELECT record FROM releases ORDER BY started_at DESC, id DESC LIMIT ?", (limit,)
+        )
+        return [json.loads(body) for (body,) in reversed(rows)]
 
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
         ttl = check_lease_ttl(ttl_s) / 1000

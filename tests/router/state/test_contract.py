@@ -205,3 +205,19 @@ def test_renewing_a_lease_extends_it(make_store: StoreFactory) -> None:
 def test_lease_ttl_must_be_positive(store: StateStore) -> None:
     with pytest.raises(ValueError, match="ttl_s"):
         store.acquire_lease("rollout", "router-a", ttl_s=0)
+
+
+def test_release_records_are_upserted_by_id_and_listed_oldest_first(
+        make_store: StoreFactory) -> None:
+    store, other = make_store(), make_store()
+    assert store.releases() == []
+    store.save_release({"id": "b", "version": "v3", "started_at": 200.0, "outcome": "running"})
+    store.save_release({"id": "a", "version": "v2", "started_at": 100.0, "outcome": "promoted"})
+    store.save_release({"id": "c", "version": "v4", "started_at": 300.0, "outcome": "running"})
+
+    store.save_release({"id": "b", "version": "v3", "started_at": 200.0, "outcome": "rolled_back"})
+
+    assert [(r["id"], r["outcome"]) for r in other.releases()] == [
+        ("a", "promoted"), ("b", "rolled_back"), ("c", "running")]
+    assert [r["id"] for r in other.releases(limit=2)] == ["b", "c"]
+    assert other.releases(limit=0) == []
