@@ -51,10 +51,11 @@ class PredictPath:
         model = state.holder.current
         version = model.version if model is not None else state.config.version
         headers = [("Content-Type", "application/json")]
+        if model is not None:  # errors too: the router counts them against the served version
+            headers.append(("X-Model-Version", version))
         try:
             payload = self._predict(environ)
             status = 200
-            headers.append(("X-Model-Version", version))
         except APIError as err:
             status, payload = err.status, orjson.dumps(err.body())
             headers += err.headers

@@ -139,7 +139,7 @@ def validate_patch(doc: dict[str, Any], upstreams: dict[str, str]) -> dict[str, 
                 continue
             if not isinstance(label, str) or label not in upstreams:
                 raise Unprocessable(
-                    f'"{role}" must be one of the configured versions: {", ".join(upstreams)}',
+                    f'"{role}" must be one of the slots: {", ".join(upstreams)}',
                     code="unknown_version",
                 )
             changes[role] = label
@@ -148,18 +148,36 @@ def validate_patch(doc: dict[str, Any], upstreams: dict[str, str]) -> dict[str, 
     return changes
 
 
+def slots_body(ctx: RouterContext, snap: Snapshot) -> dict[str, Any]:
+    """Every slot: its URL, the version it serves, its role, and whether it gets traffic."""
+    routing = snap.routing
+    weights = ctx.weights(routing)
+    out = {}
+    for slot, url in ctx.config.upstreams.items():
+        role = ("stable" if slot == routing.stable
+                else "candidate" if slot == routing.candidate else None)
+        mirrored = slot == routing.candidate and routing.shadow_percent > 0
+        out[slot] = {"url": url, "version": ctx.slots.get(slot), "role": role,
+                     "weight": weights.get(slot, 0),
+                     "idle": not weights.get(slot, 0) and not mirrored}
+    return out
+
+
 def state_body(ctx: RouterContext, snap: Snapshot) -> dict[str, Any]:
     routing = snap.routing
     return {
         "config_version": snap.config_version,
         "strategy": routing.strategy,
         "stable": routing.stable,
+        "stable_version": ctx.slots.get(routing.stable),
         "candidate": routing.candidate,
+        "candidate_version": ctx.slots.get(routing.candidate) if routing.candidate else None,
         "canary_weight": routing.canary_weight,
         "shadow_percent": routing.shadow_percent,
         "previous_stable": routing.previous_stable,
         "weights": ctx.weights(routing),
         "upstreams": dict(ctx.config.upstreams),
+        "slots": slots_body(ctx, snap),
         "rollout": snap.rollout,
         "store": {"reachable": ctx.live.store_ok, "error": ctx.live.last_error},
     }
@@ -171,7 +189,9 @@ def _state_response(snap: Snapshot) -> Response:
 
 @admin.get("/state")
 def read_state() -> Response:
-    return _state_response(_ctx().live.refresh())
+    ctx = _ctx()
+    ctx.slots.refresh()  # what each slot serves now, not when this worker last looked
+    return _state_response(ctx.live.refresh())
 
 
 @admin.patch("/state")
@@ -238,6 +258,13 @@ def events() -> Response:
     limit = _query_int("limit", 100, 1, 1000)
     after = _query_int("after", 0, 0, _MAX_EVENT_ID)
     return json_response({"events": _ctx().store.events(limit=limit, after=after)})
+
+
+@admin.get("/releases")
+def releases() -> Response:
+    """The release history, oldest first: one record per rollout."""
+    limit = _query_int("limit", 100, 1, 1000)
+    return json_response({"releases": _ctx().store.releases(limit=limit)})
 
 
 def _query_int(name: str, default: int, lo: int, hi: int) -> int:

@@ -29,20 +29,53 @@ def start_rollout() -> Response:
     current = ctx.live.refresh()
     plan = parse_plan(doc, candidate=current.routing.candidate, versions=list(ctx.config.upstreams),
                       can_reload=bool(ctx.config.model_admin_token), stable=current.routing.stable)
-    if plan.strategy != "release-in-place" and not ctx.controller.ready(plan.candidate):
-        raise Conflict(f"candidate {plan.candidate} is not ready (GET /ready failed); start it first",
-                       code="candidate_not_ready")
+    served = ctx.slots.refresh()
+    _check_release(plan, current, served, _replaced_by_last_promotion(ctx))
+    if plan.strategy != "release-in-place" and plan.version is None \
+            and not ctx.controller.ready(plan.candidate):
+        raise Conflict(f"candidate slot {plan.candidate} is not ready (GET /ready failed); start "
+                       "it first", code="candidate_not_ready")
 
     def mutate(snap: Snapshot) -> Snapshot:
         if snap.rollout and snap.rollout.get("status") in ACTIVE:
             raise Conflict(f"rollout {snap.rollout['id']} is {snap.rollout['status']}; pause/resume it or "
                            "POST /admin/rollback to abort it first", code="rollout_active")
-        rollout, changes = new_rollout(plan, snap, time.time())
+        rollout, changes = new_rollout(plan, snap, time.time(), served)
         return Snapshot(snap.config_version, replace(snap.routing, **changes), rollout)
 
     snap = ctx.live.change(mutate, actor=_actor(), action="rollout.start", reason=reason,
                            if_match=if_match, evidence={"plan": plan.to_dict()})
     return _state_response(snap)
+
+
+def _replaced_by_last_promotion(ctx: Any) -> str | None:
+    """The version the last promoted release replaced on stable (None when unknown)."""
+    for record in reversed(ctx.store.releases(limit=50)):
+        if record.get("outcome") == "promoted":
+            return (record.get("stable_before") or {}).get("version")
+    return None
+
+
+def _check_release(plan: RolloutPlan, snap: Snapshot, served: dict[str, str | None],
+                   replaced: str | None) -> None:
+    """A release names what it releases, and releases something stable does not serve."""
+    if plan.strategy == "release-in-place":
+        return
+    stable, candidate = snap.routing.stable, plan.candidate
+    on_stable, on_candidate = served.get(stable), served.get(candidate)
+    if plan.version is not None:
+        if plan.version == on_stable:
+            raise Conflict(f"{plan.version} is what stable (slot {stable}) serves already; "
+                           "nothing to release", code="nothing_to_release")
+        return
+    if on_candidate is not None and on_candidate == on_stable:
+        raise Conflict(f"both slots serve {on_candidate}; name the version to release with "
+                       '"version" (rollout start --version V)', code="name_the_version")
+    if on_candidate is not None and on_candidate == replaced:
+        raise Conflict(f"slot {candidate} serves {on_candidate}, the version the last promotion "
+                       "replaced; a release names what it releases: \"version\" (rollout start "
+                       f"--version V), or --version {on_candidate} to release it again",
+                       code="name_the_version")
 
 
 def _rollout_body(snap: Snapshot) -> dict[str, Any]:
@@ -131,15 +164,25 @@ def analysis() -> Response:
     thresholds = plan.thresholds if plan else Thresholds()
     min_requests = plan.min_requests if plan else 50
     routing = snap.routing
+    recorded = (snap.rollout or {}).get("versions") or {} if snap.rollout and \
+        snap.rollout.get("status") in ACTIVE else {}
+
+    def version_of(slot: str | None) -> str | None:
+        if slot is None:
+            return None
+        return recorded.get(slot) or ctx.slots.get(slot) or slot
+
     verdict = None
     if routing.candidate:
         shadow = routing.strategy == "shadow"
-        verdict = judge(stats.get(routing.stable, VersionCounts()),
-                        stats.get(routing.candidate, VersionCounts()), thresholds,
+        verdict = judge(stats.get(version_of(routing.stable) or "", VersionCounts()),
+                        stats.get(version_of(routing.candidate) or "", VersionCounts()), thresholds,
                         min_requests=min_requests, shadow=shadow).evidence()
     return json_response({
         "window": "current rollout analysis window" if baseline is not None else "since this router process started",
         "stable": routing.stable, "candidate": routing.candidate, "strategy": routing.strategy,
+        "stable_version": version_of(routing.stable),
+        "candidate_version": version_of(routing.candidate),
         "versions": {v: _summary(c) for v, c in stats.items()},
         "verdict": verdict,
     })

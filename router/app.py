@@ -25,6 +25,7 @@ from router.datapath import DataPath
 from router.live_state import LiveState, Snapshot
 from router.openapi import openapi
 from router.shadow import Mirror
+from router.slots import SlotVersions
 from router.state import StateStore, open_store
 from router.upstream import UpstreamError, UpstreamPool
 
@@ -53,7 +54,10 @@ def create_app(
         label: UpstreamPool(label, url, config.connect_timeout_s)
         for label, url in config.upstreams.items()
     }
-    mirror = Mirror(pools, metrics, config.shadow_workers, config.shadow_queue, config.timeout_s)
+    slots = SlotVersions(pools)
+    slots.refresh()
+    mirror = Mirror(pools, metrics, config.shadow_workers, config.shadow_queue, config.timeout_s,
+                    slots)
     ctx_holder: list[RouterContext] = []
 
     def on_change(snapshot: Snapshot) -> None:
@@ -63,8 +67,9 @@ def create_app(
     live = LiveState(config, store, on_change=on_change)
     source: MetricSource = (PrometheusSource(config.prometheus_url) if config.prometheus_url
                             else LocalSource(registry, before_read=metrics.flush))
-    controller = RolloutController(live, source, pools, metrics, config.model_admin_token)
-    ctx = RouterContext(config, store, live, pools, metrics, mirror, registry, source, controller)
+    controller = RolloutController(live, source, pools, metrics, config.model_admin_token, slots)
+    ctx = RouterContext(config, store, live, pools, metrics, mirror, registry, source, controller,
+                        slots)
     ctx_holder.append(ctx)
     on_change(live.current)
 
@@ -107,7 +112,8 @@ def create_app(
         ctx.metrics.flush()  # this worker's latest requests; others flush on their own schedule
         return metrics_response(ctx.registry)
 
-    app.wsgi_app = DataPath(app.wsgi_app, config, live, pools, metrics, mirror)  # type: ignore[method-assign]
+    app.wsgi_app = DataPath(app.wsgi_app, config, live, pools, metrics, mirror, slots)  # type: ignore[method-assign]
     live.start()
+    slots.start()
     controller.start()
     return app

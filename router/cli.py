@@ -30,6 +30,7 @@ from router.cli_render import (
     one_line,
     render_events,
     render_idle,
+    render_releases,
     render_state,
     render_watch,
     verdict_line,
@@ -212,7 +213,8 @@ def load_plan(path: str) -> dict[str, Any]:
 def plan_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The plan to send: the ``--plan`` file, if any, with the flags given on top."""
     plan = load_plan(args.plan) if args.plan else {}
-    flags = {"strategy": args.strategy, "candidate": args.candidate, "interval_s": args.interval,
+    flags = {"strategy": args.strategy, "candidate": args.candidate, "version": args.version,
+             "interval_s": args.interval,
              "min_requests": args.min_requests, "max_failed_analyses": args.max_failed,
              "shadow_percent": args.shadow_percent}
     plan.update({k: v for k, v in flags.items() if v is not None})
@@ -289,6 +291,14 @@ def cmd_watch(client: AdminClient, args: argparse.Namespace) -> int:
         time.sleep(args.interval)
 
 
+def cmd_history(client: AdminClient, args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= 1000:
+        raise CLIError(f"--limit must be from 1 to 1000, got {args.limit}")
+    doc = client.call("GET", f"/admin/releases?limit={args.limit}")
+    _emit(args, doc, lambda: render_releases(doc.get("releases") or []))
+    return EXIT_OK
+
+
 def cmd_events(client: AdminClient, args: argparse.Namespace) -> int:
     doc = client.call("GET", "/admin/events", params={"limit": args.limit, "after": args.after})
     _emit(args, doc, partial(render_events, doc.get("events") or []))
@@ -345,8 +355,8 @@ COMMANDS: dict[str, tuple[Command, str, list[Option]]] = {
                           type=_percent)),
         ("--shadow-percent", _opt("PERCENT", "percent of requests mirrored to the candidate",
                                   type=_percent)),
-        ("--stable", _opt("VERSION", "version label that answers by default")),
-        ("--candidate", _opt("VERSION", "version label under test ('none' clears it)")),
+        ("--stable", _opt("SLOT", "the slot that answers by default")),
+        ("--candidate", _opt("SLOT", "the slot under test ('none' clears it)")),
         REASON, IF_MATCH]),
     "promote": (_transition("/admin/promote"), "make the candidate stable (all traffic)",
                 [REASON, IF_MATCH]),
@@ -355,7 +365,10 @@ COMMANDS: dict[str, tuple[Command, str, list[Option]]] = {
     "start": (cmd_start, "start an automated rollout from flags or a plan file", [
         ("--plan", _opt("FILE", "YAML or JSON plan; flags override its fields")),
         ("--strategy", _opt("NAME", "canary, blue-green, shadow-then-canary or release-in-place")),
-        ("--candidate", _opt("VERSION", "version to roll out (default: the current candidate)")),
+        ("--version", _opt("VERSION", "the packaged version to release: loaded into the idle "
+                           "slot (release-in-place: stable's) before the plan runs")),
+        ("--candidate", _opt("SLOT", "the slot to release into (default: the idle slot, the "
+                             "current candidate)")),
         ("--steps", _opt("PERCENTS", "canary weights in percent, ending at 100, e.g. 5,25,50,100")),
         ("--interval", _opt("SECONDS", "seconds between analyses", type=_seconds)),
         ("--min-requests", _opt("N", "per-version sample size before a verdict", type=int)),
@@ -377,6 +390,9 @@ COMMANDS: dict[str, tuple[Command, str, list[Option]]] = {
                             default=2.0)),
         ("--give-up-after", _opt("SECONDS", "exit 2 if the rollout has not ended by then "
                                  "(default: wait)", type=_seconds))]),
+    "history": (cmd_history, "every release: version, slot, strategy, start, end, outcome "
+                             "and why, analyses, config versions", [
+        ("--limit", _opt("N", "newest N releases (1-1000, default: 20)", type=int, default=20))]),
     "events": (cmd_events, "the audit log: time, actor, change, reason", [
         ("--limit", _opt("N", "newest N events (1-1000, default: 20)", type=int, default=20)),
         ("--after", _opt("ID", "only events after this id", type=int, default=0))]),

@@ -38,16 +38,37 @@ def _ms(value: Any) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
+def slot_name(state: dict[str, Any], slot: str | None) -> str:
+    """A slot with the version it serves: ``blue (v2)``; the bare name when both are the same."""
+    if not slot:
+        return "none"
+    version = ((state.get("slots") or {}).get(slot) or {}).get("version")
+    if not version or version == slot:
+        return slot
+    return f"{slot} ({version})"
+
+
 def _split(state: dict[str, Any]) -> str:
     weights = state.get("weights") or {state.get("stable"): 100}
-    return ", ".join(f"{v} {w}%" for v, w in weights.items() if w) or "-"
+    return ", ".join(f"{slot_name(state, v)} {w}%" for v, w in weights.items() if w) or "-"
 
 
-def _artifact(label: str | None, meta: dict[str, Any] | None) -> str:
+def _slots(state: dict[str, Any]) -> str:
+    """Every slot: the version it serves, its role, and whether it is idle (no traffic)."""
+    parts = []
+    for slot, info in (state.get("slots") or {}).items():
+        role = info.get("role") or "no role"
+        idle = ", idle" if info.get("idle") else ""
+        parts.append(f"{slot} serves {info.get('version') or 'an unknown version'} ({role}{idle})")
+    return "; ".join(parts) or "-"
+
+
+def _artifact(label: str | None, meta: dict[str, Any] | None, shown: str | None = None) -> str:
+    shown = shown or label or "none"
     if not label or not meta:
-        return label or "none"
+        return shown
     if "error" in meta:
-        return f"{label}  ({meta['error']})"
+        return f"{shown}  ({meta['error']})"
     parts = [meta.get("description"), f"sha256 {str(meta.get('sha256', ''))[:12]}",
              f"created {str(meta.get('created_at') or meta.get('trained_at', ''))[:16].replace('T', ' ')}",
              f"sklearn {meta.get('sklearn_version', '?')}"]
@@ -60,10 +81,33 @@ def _artifact(label: str | None, meta: dict[str, Any] | None) -> str:
     return f"{prefix}  " + ", ".join(p for p in parts if p)
 
 
+def render_releases(releases: list[dict[str, Any]]) -> str:
+    """The release history as a table, oldest first."""
+    if not releases:
+        return "no releases yet"
+    header = ("ID", "VERSION", "SLOT", "STRATEGY", "STARTED", "ENDED", "OUTCOME", "ANALYSES",
+              "CONFIG VERSIONS", "WHY")
+    rows = [header]
+    for r in releases:
+        written = r.get("config_versions") or []
+        span = f"{written[0]}-{written[-1]}" if len(written) > 1 else ",".join(map(str, written))
+        rows.append((str(r.get("id")), str(r.get("version") or "-"), str(r.get("slot") or "-"),
+                     str(r.get("strategy")), _clock(r.get("started_at")),
+                     _clock(r.get("ended_at")) if r.get("ended_at") else "-",
+                     str(r.get("outcome")), str(r.get("analyses", 0)), span or "-",
+                     one_line(str(r.get("why") or ""))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
+                     + "  " + row[-1] for row in rows).rstrip()
+
+
 def _progress(rollout: dict[str, Any], state: dict[str, Any]) -> str:
     plan = rollout.get("plan") or {}
     steps, phase = plan.get("steps") or [], rollout.get("phase")
     text = f"{rollout.get('id')} {rollout.get('status')}: {plan.get('strategy')}"
+    release = rollout.get("release") or {}
+    if release.get("version"):
+        text += f" of {release['version']} in slot {release.get('slot')}"
     if phase not in (plan.get("strategy"), "done"):
         text += f", phase {phase}"
     if phase == "canary" and steps:
@@ -96,7 +140,8 @@ def render_state(state: dict[str, Any], url: str,
         ("config version", state.get("config_version")),
         ("strategy", state.get("strategy")),
         ("split", _split(state)),
-        ("shadow", f"{shadow}% mirrored to {candidate}" if shadow else "off"),
+        ("shadow", f"{shadow}% mirrored to {slot_name(state, candidate)}" if shadow else "off"),
+        ("slots", _slots(state)),
         ("stable", _artifact(stable, artifacts.get(stable or ""))),
         ("candidate", _artifact(candidate, artifacts.get(candidate or ""))),
         ("rollout", _progress(rollout, state) if rollout else "none"),

@@ -12,6 +12,7 @@ from router.live_state import LiveState
 from metrics.sources import MetricSource
 from router.rollout import RolloutController
 from router.shadow import Mirror
+from router.slots import SlotVersions
 from router.state import StateStore
 from router.upstream import UpstreamPool
 from strategies import RoutingState
@@ -28,6 +29,13 @@ class RouterContext:
     registry: CollectorRegistry
     source: MetricSource
     controller: RolloutController
+    slots: SlotVersions
+
+    def close(self) -> None:
+        """Stop what this app runs in the background: the controller, state and slot refreshers."""
+        self.controller.stop()
+        self.live.stop()
+        self.slots.close()
 
     def weights(self, routing: RoutingState) -> dict[str, int]:
         """Percent of client traffic each configured version answers under ``routing``."""

@@ -22,6 +22,7 @@ from metrics.router import RouterMetrics
 from router.config import RouterConfig
 from router.live_state import LiveState
 from router.shadow import Mirror, MirrorJob, Tolerance
+from router.slots import SlotVersions
 from router.upstream import Timeout, Unreachable, UpstreamPool, UpstreamResponse, end_to_end
 from strategies import Decision, RequestFacts, route
 
@@ -47,13 +48,22 @@ def client_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
     return end_to_end(headers)
 
 
+def _served(resp: UpstreamResponse, slots: SlotVersions, slot: str) -> str:
+    """The version an answer says it came from, else what the slot is known to serve."""
+    for name, value in resp.headers:
+        if name.lower() == "x-model-version" and value:
+            return value
+    return slots.label(slot)
+
+
 class DataPath:
     """WSGI middleware: serves ``/predict`` itself, hands every other path to ``fallback_app``."""
 
     def __init__(self, fallback_app: Callable[..., Iterable[bytes]], config: RouterConfig,
                  live: LiveState, pools: dict[str, UpstreamPool], metrics: RouterMetrics,
-                 mirror: Mirror) -> None:
+                 mirror: Mirror, slots: SlotVersions) -> None:
         self.fallback_app = fallback_app
+        self.slots = slots
         self.config = config
         self.live = live
         self.pools = pools
@@ -71,23 +81,33 @@ class DataPath:
         given_id = environ.get("HTTP_X_REQUEST_ID", "")
         request_id = given_id if _REQUEST_ID.match(given_id) else f"{self.rng.getrandbits(128):032x}"
         snapshot = self.live.current
-        version = snapshot.routing.stable
+        slot = snapshot.routing.stable
+        served = None
         try:
             decision = self._decide(environ)
-            version = decision.version
+            slot = decision.version
             body = self._read(environ)
             headers = client_headers(environ)
             headers.append(("X-Request-ID", request_id))
             headers.append(("X-Forwarded-For", self._forwarded_for(environ)))
-            resp, version = self._forward(decision, body, headers, deadline)
+            resp, slot = self._forward(decision, body, headers, deadline)
             status, payload = resp.status, resp.body
-            out = [(n, v) for n, v in end_to_end(resp.headers) if n.lower() not in _DROP_FROM_UPSTREAM]
+            out = []
+            for name, value in end_to_end(resp.headers):
+                lower = name.lower()
+                if lower == "x-model-version":
+                    served = value
+                elif lower not in _DROP_FROM_UPSTREAM:
+                    out.append((name, value))
+            self.slots.observed(slot, served)
             if decision.mirror_to and status == 200:
-                self.mirror.submit(MirrorJob(version, decision.mirror_to, body, headers, payload,
+                self.mirror.submit(MirrorJob(served or self.slots.label(slot), decision.mirror_to,
+                                             body, headers, payload,
                                              Tolerance.of_rollout(snapshot.rollout)))
         except APIError as err:
             status, payload = err.status, orjson.dumps(err.body())
             out = [("Content-Type", "application/json"), *err.headers]
+        version = served or self.slots.label(slot)
         out += [("Content-Length", str(len(payload))), ("X-Model-Version", version),
                 ("X-Request-ID", request_id)]
         if self.config.request_metrics:
@@ -100,7 +120,7 @@ class DataPath:
         forced = environ.get("HTTP_X_ROUTE_TO") if self.config.allow_route_to else None
         if forced is not None and forced not in self.pools:
             raise NotFound(
-                f"X-Route-To names unknown version {forced!r}; known: {', '.join(self.pools)}",
+                f"X-Route-To names unknown slot {forced!r}; the slots: {', '.join(self.pools)}",
                 code="unknown_version",
             )
         facts = RequestFacts(
@@ -133,23 +153,26 @@ class DataPath:
     def _forward(self, decision: Decision, body: bytes, headers: list[tuple[str, str]],
                  deadline: float) -> tuple[UpstreamResponse, str]:
         tried = []
-        for version in (decision.version, decision.fallback):
-            if version is None or version in tried:
+        for slot in (decision.version, decision.fallback):
+            if slot is None or slot in tried:
                 continue
-            tried.append(version)
+            tried.append(slot)
             try:
-                resp = self.pools[version].request("POST", "/predict", body, headers, deadline)
+                resp = self.pools[slot].request("POST", "/predict", body, headers, deadline)
             except Unreachable as exc:
-                self.metrics.child(self.metrics.upstream_errors, version, exc.reason).inc()
+                self.metrics.child(self.metrics.upstream_errors, self.slots.label(slot),
+                                   exc.reason).inc()
                 last = exc
                 continue
             except Timeout:
-                self.metrics.child(self.metrics.upstream_errors, version, "timeout").inc()
+                self.metrics.child(self.metrics.upstream_errors, self.slots.label(slot),
+                                   "timeout").inc()
                 raise GatewayTimeout(
-                    f"version {version} did not answer within ROUTER_TIMEOUT_S="
-                    f"{self.config.timeout_s:g} s", code="upstream_timeout",
+                    f"slot {slot} ({self.slots.label(slot)}) did not answer within "
+                    f"ROUTER_TIMEOUT_S={self.config.timeout_s:g} s", code="upstream_timeout",
                 ) from None
             if resp.status >= 500:
-                self.metrics.child(self.metrics.upstream_errors, version, "http_5xx").inc()
-            return resp, version
+                self.metrics.child(self.metrics.upstream_errors, _served(resp, self.slots, slot),
+                                   "http_5xx").inc()
+            return resp, slot
         raise BadGateway(f"no model service answered: {last}", code="upstream_unreachable")

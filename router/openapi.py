@@ -34,7 +34,7 @@ from common.openapi import (
 from router.admin import PATCHABLE
 from router.context import RouterContext
 from router.dashboard import ASSETS
-from router.rollout_plan import _THRESHOLD_LIMITS, PLAN_STRATEGIES
+from router.rollout_plan import _THRESHOLD_LIMITS, PLAN_STRATEGIES, VERSION_LABEL
 from router.upstream import UpstreamError
 from strategies import names
 
@@ -110,14 +110,25 @@ def _schemas(ctx: RouterContext) -> dict[str, Any]:
              "previous_stable", "weights", "upstreams", "rollout", "store"], {
                 "config_version": {"type": "integer", "minimum": 0},
                 "strategy": {"type": "string", "enum": list(names())},
-                "stable": {"type": "string", "enum": versions},
-                "candidate": {"type": "string", "enum": [*versions, None], "nullable": True},
+                "stable": {"type": "string", "enum": versions,
+                           "description": "The stable role's slot."},
+                "stable_version": {**NULLABLE_STRING,
+                                   "description": "The version stable's slot serves (null: unknown)."},
+                "candidate": {"type": "string", "enum": [*versions, None], "nullable": True,
+                              "description": "The candidate role's slot."},
+                "candidate_version": NULLABLE_STRING,
                 "canary_weight": PERCENT,
                 "shadow_percent": PERCENT,
                 "previous_stable": NULLABLE_STRING,
                 "weights": {"type": "object", "additionalProperties": PERCENT,
                             "description": "Percent of client traffic each version answers."},
                 "upstreams": {"type": "object", "additionalProperties": STRING},
+                "slots": {"type": "object", "additionalProperties": _object(
+                    ["url", "version", "role", "weight", "idle"], {
+                        "url": STRING, "version": NULLABLE_STRING,
+                        "role": {"type": "string", "enum": ["stable", "candidate", None],
+                                 "nullable": True},
+                        "weight": PERCENT, "idle": {"type": "boolean"}})},
                 "rollout": {"$ref": f"{SCHEMAS}Rollout"},
                 "store": _object(["reachable", "error"], {"reachable": {"type": "boolean"},
                                                           "error": NULLABLE_STRING}),
@@ -129,6 +140,7 @@ def _schemas(ctx: RouterContext) -> dict[str, Any]:
         }),
         "Analysis": _object(["window", "stable", "candidate", "strategy", "versions", "verdict"], {
             "window": STRING, "stable": STRING, "candidate": NULLABLE_STRING, "strategy": STRING,
+            "stable_version": NULLABLE_STRING, "candidate_version": NULLABLE_STRING,
             "versions": {"type": "object", "additionalProperties": summary},
             "verdict": {"type": "object", "nullable": True,
                         "required": ["decision", "samples", "checks"],
@@ -141,6 +153,15 @@ def _schemas(ctx: RouterContext) -> dict[str, Any]:
                 "time": STRING, "actor": STRING, "action": STRING, "reason": NULLABLE_STRING,
                 "old": {"type": "object"}, "new": {"type": "object"},
                 "evidence": {"type": "object"},
+            }, closed=False)}}),
+        "Releases": _object(["releases"], {"releases": {"type": "array", "items": _object(
+            ["id", "version", "slot", "strategy", "started_at", "outcome"], {
+                "id": STRING, "version": NULLABLE_STRING, "slot": NULLABLE_STRING,
+                "strategy": STRING, "started_at": {"type": "number"},
+                "ended_at": NULLABLE_NUMBER, "outcome": STRING, "why": NULLABLE_STRING,
+                "analyses": COUNT, "config_versions": {"type": "array",
+                                                       "items": {"type": "integer"}},
+                "stable_before": {"type": "object"},
             }, closed=False)}}),
     }
 
@@ -159,7 +180,11 @@ def _plan_schema() -> dict[str, Any]:
         "strategy": {"type": "string", "enum": list(PLAN_STRATEGIES)},
         "candidate": {"type": "string", "description": "Default: the current candidate."},
         "release_version": {"type": "string",
-                            "description": "release-in-place: the model version to load."},
+                            "description": "release-in-place: the model version to load (older "
+                                           "name of \"version\")."},
+        "version": {"type": "string", "pattern": VERSION_LABEL.pattern,
+                    "description": "The version to release: loaded into the candidate's slot "
+                                   "(release-in-place: stable's) before the plan runs."},
         "steps": {"type": "array", "minItems": 1, "uniqueItems": True,
                   "items": number(1, 100, integer=True),
                   "description": "Increasing canary weights in percent, ending at 100."},
@@ -311,6 +336,12 @@ def _admin_paths(versions: list[str]) -> dict[str, Any]:
         "/admin/analysis": {"get": admin_op(
             "Live per-version comparison",
             json_body("Requests, errors, latency, agreement", {"$ref": f"{SCHEMAS}Analysis"}))},
+        "/admin/releases": {"get": admin_op(
+            "The release history, oldest first: version, slot, strategy, start, end, outcome",
+            json_body("Releases", {"$ref": f"{SCHEMAS}Releases"}), 400, parameters=[
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+            ])},
         "/admin/events": {"get": admin_op(
             "The audit log, oldest first",
             json_body("Events", {"$ref": f"{SCHEMAS}Events"}), 400, parameters=[

@@ -32,6 +32,7 @@ from metrics.sources import MetricSource, SourceUnavailable
 from metrics.window import Reading, VersionCounts, window
 from router.live_state import LiveState, Snapshot
 from router.rollout_plan import RolloutPlan
+from router.slots import SlotVersions
 from router.state import StateStoreError
 from router.upstream import UpstreamError, UpstreamPool
 from strategies import get
@@ -44,35 +45,54 @@ LEASE_TTL_S = 6.0
 ACTOR = "rollout-controller"
 ACTIVE = ("running", "awaiting_promotion", "paused")
 MAX_DECISIONS = 100
+LOAD_BUDGET_S = 60.0  # from asking a slot to load a version to it reporting that version
 
 
 class Skip(Exception):
     """The rollout changed under us (paused, aborted, advanced elsewhere): do nothing."""
 
 
-def new_rollout(plan: RolloutPlan, snap: Snapshot, now: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The initial rollout document and routing changes for ``plan``."""
-    routing = snap.routing
-    phase, changes = "canary", {}
+def first_phase(plan: RolloutPlan) -> tuple[str, dict[str, Any]]:
+    """The phase a plan starts in (once its version is loaded) and the routing it needs."""
     if plan.strategy == "canary":
-        changes = {"strategy": "canary", "candidate": plan.candidate, "canary_weight": plan.steps[0],
-                   "shadow_percent": 0}
-    elif plan.strategy == "shadow-then-canary" or (plan.strategy == "blue-green" and plan.preview_analysis):
-        phase = "shadow"
-        changes = {"strategy": "shadow", "candidate": plan.candidate, "canary_weight": 0,
-                   "shadow_percent": plan.shadow_percent}
-    elif plan.strategy == "blue-green":
-        phase = "reference"
-        changes = {"strategy": "blue-green", "candidate": plan.candidate, "canary_weight": 0,
-                   "shadow_percent": 0}
-    else:  # release-in-place
-        phase = "reference"
-        changes = {"strategy": "release-in-place", "canary_weight": 0, "shadow_percent": 0}
+        return "canary", {"strategy": "canary", "candidate": plan.candidate,
+                          "canary_weight": plan.steps[0], "shadow_percent": 0}
+    if plan.strategy == "shadow-then-canary" or (plan.strategy == "blue-green"
+                                                 and plan.preview_analysis):
+        return "shadow", {"strategy": "shadow", "candidate": plan.candidate, "canary_weight": 0,
+                          "shadow_percent": plan.shadow_percent}
+    if plan.strategy == "blue-green":
+        return "reference", {"strategy": "blue-green", "candidate": plan.candidate,
+                             "canary_weight": 0, "shadow_percent": 0}
+    return "reference", {"strategy": "release-in-place", "canary_weight": 0, "shadow_percent": 0}
+
+
+def new_rollout(plan: RolloutPlan, snap: Snapshot, now: float,
+                served: dict[str, str | None] | None = None
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The initial rollout document and routing changes for ``plan``.
+
+    ``served`` is the version each slot serves now. A plan naming a ``version`` for the candidate's
+    slot starts in phase ``load``, which loads it there and changes no traffic.
+    """
+    routing = snap.routing
+    served = served or {}
+    in_place = plan.strategy == "release-in-place"
+    versions = {routing.stable: served.get(routing.stable)}
+    if not in_place:
+        versions[plan.candidate] = served.get(plan.candidate)
+    release = ({"slot": routing.stable, "version": plan.release_version} if in_place
+               else {"slot": plan.candidate, "version": plan.version or served.get(plan.candidate)})
+    if plan.version and not in_place:
+        phase, changes = "load", {"candidate": plan.candidate, "canary_weight": 0,
+                                  "shadow_percent": 0}
+    else:
+        phase, changes = first_phase(plan)
     rollout = {
         "id": uuid.uuid4().hex[:12], "plan": plan.to_dict(), "status": "running", "phase": phase,
         "step": 0, "failed_analyses": 0, "passed_in_phase": 0, "stable_at_start": routing.stable,
         "candidate": plan.candidate, "started_at": now, "updated_at": now, "decisions": [],
-        "reference": None, "restore_version": None,
+        "reference": None, "restore_version": None, "versions": versions, "release": release,
     }
     return rollout, changes
 
@@ -102,8 +122,10 @@ class RolloutController:
     """Drives the rollout in the routing state when this process holds the lease."""
 
     def __init__(self, live: LiveState, source: MetricSource, pools: dict[str, UpstreamPool],
-                 metrics: Any, model_admin_token: str | None, tick_s: float = 0.2) -> None:
+                 metrics: Any, model_admin_token: str | None, slots: SlotVersions,
+                 tick_s: float = 0.2) -> None:
         self.live = live
+        self.slots = slots
         self.source = source
         self.pools = pools
         self.metrics = metrics
@@ -150,6 +172,13 @@ class RolloutController:
             self.window = None
             return None
         plan = RolloutPlan.from_dict(rollout["plan"])
+        if rollout["phase"] == "load":
+            self.window = None
+            return self._load(rollout, plan, now)
+        moved = self._slot_moved(rollout)
+        if moved:
+            self._abort(rollout, moved, now)
+            return "abort"
         key = (rollout["id"], rollout["phase"], rollout["step"], rollout["failed_analyses"],
                rollout["passed_in_phase"])
         try:
@@ -183,19 +212,25 @@ class RolloutController:
         phase = rollout["phase"]
         routing = snap.routing
         empty = VersionCounts()
+        versions = rollout.get("versions") or {}
+
+        def of(slot: str) -> VersionCounts:
+            """A slot's statistics: those of the version it serves (metrics carry versions)."""
+            return stats.get(versions.get(slot) or slot, empty)
+
         if phase == "shadow":
-            return judge(stats.get(routing.stable, empty), stats.get(plan.candidate, empty),
+            return judge(of(routing.stable), of(plan.candidate),
                          plan.thresholds, min_requests=plan.min_requests, shadow=True)
         if phase == "canary":
-            return judge(stats.get(routing.stable, empty), stats.get(plan.candidate, empty),
+            return judge(of(routing.stable), of(plan.candidate),
                          plan.thresholds, min_requests=plan.min_requests)
         if phase == "reference":
-            counts = stats.get(routing.stable, empty)
+            counts = of(routing.stable)
             if counts.requests < plan.min_requests:
                 return judge_alone(counts, None, plan.thresholds, min_requests=plan.min_requests)
             return Verdict(PASS, (), {"reference_requests": counts.requests})
         reference = rollout.get("reference")
-        return judge_alone(stats.get(routing.stable, empty),
+        return judge_alone(of(routing.stable),
                            counts_from_doc(reference) if reference else None,
                            plan.thresholds, min_requests=plan.min_requests)
 
@@ -241,7 +276,9 @@ class RolloutController:
                                        "canary_weight": plan.steps[0]})
             return "advance"
         if phase == "reference":
-            reference = counts_to_doc(stats.get(snap.routing.stable, VersionCounts()))
+            versions = rollout.get("versions") or {}
+            stable = snap.routing.stable
+            reference = counts_to_doc(stats.get(versions.get(stable) or stable, VersionCounts()))
             if plan.strategy == "blue-green":
                 self._switch(rollout, verdict, plan, reference, now)
             else:
@@ -257,10 +294,10 @@ class RolloutController:
     # -- transitions -------------------------------------------------------------------------
     def _record(self, rollout: dict[str, Any], verdict: Verdict | None, action: str,
                 updates: dict[str, Any], now: float, routing: dict[str, Any] | None = None,
-                routing_fn: Any = None) -> Snapshot:
+                routing_fn: Any = None, detail: dict[str, Any] | None = None) -> Snapshot:
         evidence = verdict.evidence() if verdict is not None else {}
         entry = {"time": now, "phase": rollout["phase"], "step": rollout["step"],
-                 "action": action, "controller": self.holder, **evidence}
+                 "action": action, "controller": self.holder, **evidence, **(detail or {})}
 
         def mutate(snap: Snapshot) -> Snapshot:
             current = snap.rollout
@@ -313,7 +350,7 @@ class RolloutController:
     def _reload(self, rollout: dict[str, Any], verdict: Verdict, plan: RolloutPlan,
                 reference: dict[str, Any], now: float) -> None:
         stable = self.live.current.routing.stable
-        previous = self.served_version(stable)
+        previous = self.slots.ask(stable)
         target = plan.release_version or plan.candidate
         ok, detail = self.reload_stable(target)
         if not ok:
@@ -321,9 +358,59 @@ class RolloutController:
             self._record(rollout, verdict, "abort-reload-failed",
                          {"status": "rolled_back", "phase": "done", "error": detail}, now)
             return
+        versions = {**(rollout.get("versions") or {}), stable: target}
         self._record(rollout, verdict, "reload", {"phase": "bake", "passed_in_phase": 0,
-                                                   "reference": reference, "restore_version": previous},
+                                                   "reference": reference, "restore_version": previous,
+                                                   "versions": versions},
                      now)
+
+    # -- releasing a version into the candidate's slot ------------------------------------------
+    def _load(self, rollout: dict[str, Any], plan: RolloutPlan, now: float) -> str | None:
+        """Load the plan's version into the candidate's slot; then start the plan's first phase.
+
+        Traffic changes only once the slot is ready and reports the version; a failed load, or a
+        slot that reports another version past the load budget, aborts the rollout.
+        """
+        slot, version = plan.candidate, str(plan.version)
+        load = rollout.get("load") or {}
+        if not load:
+            ok, detail = self.reload_slot(slot, version)
+            if not ok:
+                self._abort(rollout, f"loading {version} into slot {slot} failed: {detail}", now)
+                return "abort"
+            self._record(rollout, None, "load", {"load": {"requested_at": now}}, now,
+                         detail={"slot": slot, "version": version})
+            return "load"
+        reported = self.slots.ask(slot)
+        if reported == version and self.ready(slot):
+            self.slots.refresh(slot)
+            phase, changes = first_phase(plan)
+            versions = {**(rollout.get("versions") or {}), slot: version}
+            self._record(rollout, None, "loaded", {"phase": phase, "versions": versions,
+                                                  "load": {**load, "loaded_at": now}}, now,
+                         routing=changes, detail={"slot": slot, "version": version})
+            return "loaded"
+        if now - float(load.get("requested_at", now)) > LOAD_BUDGET_S:
+            self._abort(rollout, f"slot {slot} reports {reported or 'no version'}, not {version}, "
+                                 f"{LOAD_BUDGET_S:g} s after it was asked to load it", now)
+            return "abort"
+        return None
+
+    def _slot_moved(self, rollout: dict[str, Any]) -> str | None:
+        """Why the rollout cannot go on: a slot now serves another version than it recorded."""
+        for slot, expected in (rollout.get("versions") or {}).items():
+            now_serving = self.slots.get(slot)
+            if expected and now_serving and now_serving != expected:
+                return (f"slot {slot} now serves {now_serving}, not {expected}: the version "
+                        "changed during the rollout; traffic is back on stable")
+        return None
+
+    def _abort(self, rollout: dict[str, Any], why: str, now: float) -> None:
+        """End the rollout with all traffic on stable and the reason recorded."""
+        log.warning("rollout %s aborted: %s", rollout.get("id"), why)
+        self.metrics.rollout_decisions.labels(decision="rollback").inc()
+        self._record(rollout, None, "abort", {"status": "aborted", "phase": "done", "error": why},
+                     now, routing_fn=lambda r: get(r.strategy).rollback(r), detail={"why": why})
 
     # -- model-service calls ----------------------------------------------------------------------
     def ready(self, version: str) -> bool:
@@ -333,23 +420,24 @@ class RolloutController:
             return False
         return resp.status == 200
 
-    def served_version(self, label: str) -> str | None:
-        try:
-            resp = self.pools[label].request("GET", "/version", b"", [], time.monotonic() + 2.0)
-            return str(orjson.loads(resp.body)["version"]) if resp.status == 200 else None
-        except (UpstreamError, KeyError, ValueError, orjson.JSONDecodeError):
-            return None
-
     def reload_stable(self, version: str) -> tuple[bool, str]:
-        stable = self.live.current.routing.stable
+        return self.reload_slot(self.live.current.routing.stable, version)
+
+    def reload_slot(self, slot: str, version: str) -> tuple[bool, str]:
+        """``POST /admin/reload`` on a slot's model service; (done, why not)."""
         body = orjson.dumps({"version": version})
         headers = [("Content-Type", "application/json"),
                    ("Authorization", f"Bearer {self.model_admin_token or ''}")]
         try:
-            resp = self.pools[stable].request("POST", "/admin/reload", body, headers,
-                                              time.monotonic() + 30.0)
+            resp = self.pools[slot].request("POST", "/admin/reload", body, headers,
+                                            time.monotonic() + 30.0)
         except UpstreamError as exc:
             return False, str(exc)
         if resp.status != 200:
-            return False, f"{stable} answered {resp.status}: {resp.body[:200]!r}"
+            try:
+                message = orjson.loads(resp.body)["error"]["message"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                message = resp.body[:200].decode(errors="replace")
+            return False, f"slot {slot} answered {resp.status}: {message}"
+        self.slots.refresh(slot)
         return True, ""

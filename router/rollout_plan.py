@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,8 +19,10 @@ PLAN_STRATEGIES = ("canary", "blue-green", "shadow-then-canary", "release-in-pla
 _FIELDS = {
     "strategy", "steps", "interval_s", "min_requests", "max_failed_analyses", "thresholds",
     "manual_promotion", "candidate", "shadow_percent", "shadow_analyses", "bake_analyses",
-    "preview_analysis", "release_version", "reason",
+    "preview_analysis", "release_version", "version", "reason",
 }
+# A version label, as the model services name their artifact folders.
+VERSION_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _THRESHOLD_LIMITS = {
     "max_error_rate_increase": (0.0, 1.0),
     "max_p99_ratio": (1.0, 1000.0),
@@ -48,6 +51,9 @@ class RolloutPlan:
     bake_analyses: int = 1
     preview_analysis: bool = False
     release_version: str | None = None
+    # the version to release: loaded into the candidate's slot (release-in-place: stable's)
+    # before the plan runs; None releases what the candidate's slot serves now
+    version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -89,22 +95,31 @@ def parse_plan(doc: dict[str, Any], *, candidate: str | None, versions: list[str
     if strategy not in PLAN_STRATEGIES:
         raise Unprocessable(f"plan strategy {strategy!r} is unknown; valid: {', '.join(PLAN_STRATEGIES)}",
                             code="invalid_plan")
+    version = doc.get("version")
+    if version is not None and (not isinstance(version, str) or not VERSION_LABEL.match(version)):
+        raise Unprocessable('"version" must name a packaged version, e.g. "v3" (1 to 64 of '
+                            "A-Z a-z 0-9 . _ -)", code="invalid_plan")
     if strategy == "release-in-place":
-        target = doc.get("release_version", doc.get("candidate", candidate))
-        if not isinstance(target, str) or not target.replace("-", "").replace(".", "").replace("_", "").isalnum():
-            raise Unprocessable('"release_version" (or "candidate") must name the model version to '
-                                "load into stable's service, e.g. \"v2\"", code="invalid_plan")
+        target = doc.get("version", doc.get("release_version", doc.get("candidate", candidate)))
+        if not isinstance(target, str) or not VERSION_LABEL.match(target):
+            raise Unprocessable('"version" must name the model version to load into stable\'s '
+                                'service, e.g. "v2"', code="invalid_plan")
         if not can_reload:
             raise Unprocessable("release-in-place reloads stable's model service: set "
                                 "ROUTER_MODEL_ADMIN_TOKEN to its MODEL_ADMIN_TOKEN", code="invalid_plan")
     else:
         target = doc.get("candidate", candidate)
         if not isinstance(target, str) or target not in versions:
-            raise Unprocessable(f'"candidate" must be one of the configured versions: {", ".join(versions)}',
+            raise Unprocessable(f'"candidate" must be one of the slots: {", ".join(versions)}',
                                 code="invalid_plan")
         if target == stable:
-            raise Unprocessable(f"{target} is already stable; choose another candidate", code="invalid_plan")
-    kwargs: dict[str, Any] = {"strategy": strategy, "candidate": target}
+            raise Unprocessable(f"slot {target} is already stable; the candidate is the other slot",
+                                code="invalid_plan")
+        if version is not None and not can_reload:
+            raise Unprocessable(f"releasing {version} loads it into slot {target}'s model service: "
+                                "set ROUTER_MODEL_ADMIN_TOKEN to its MODEL_ADMIN_TOKEN",
+                                code="invalid_plan")
+    kwargs: dict[str, Any] = {"strategy": strategy, "candidate": target, "version": version}
     if "steps" in doc:
         steps = doc["steps"]
         if (not isinstance(steps, list) or not steps
@@ -133,5 +148,5 @@ def parse_plan(doc: dict[str, Any], *, candidate: str | None, versions: list[str
             name: float(_number(given, name, *_THRESHOLD_LIMITS[name], integer=False)) for name in given
         })
     if strategy == "release-in-place":
-        kwargs["release_version"] = target
+        kwargs["release_version"] = kwargs["version"] = target
     return RolloutPlan(**kwargs)

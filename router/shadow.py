@@ -17,6 +17,7 @@ import orjson
 
 from metrics.analysis import Thresholds
 from metrics.router import RouterMetrics
+from router.slots import SlotVersions
 from router.upstream import Timeout, UpstreamError, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,10 @@ DEFAULT_TOLERANCE = Tolerance()
 
 @dataclass(frozen=True)
 class MirrorJob:
+    """A copy of one request for the candidate's slot; ``stable`` is the version that answered."""
+
     stable: str
-    candidate: str
+    candidate: str  # the candidate's slot
     body: bytes
     headers: list[tuple[str, str]]
     stable_body: bytes
@@ -106,8 +109,9 @@ class Mirror:
     """The bounded shadow queue and its workers for one router process."""
 
     def __init__(self, pools: dict[str, UpstreamPool], metrics: RouterMetrics,
-                 workers: int, capacity: int, timeout_s: float) -> None:
+                 workers: int, capacity: int, timeout_s: float, slots: SlotVersions) -> None:
         self.pools = pools
+        self.slots = slots
         self.metrics = metrics
         self.workers = workers
         self.timeout_s = timeout_s
@@ -122,7 +126,8 @@ class Mirror:
         try:
             self.jobs.put_nowait(job)
         except queue.Full:
-            self.metrics.child(self.metrics.shadow_requests, job.candidate, "dropped").inc()
+            self.metrics.child(self.metrics.shadow_requests, self.slots.label(job.candidate),
+                               "dropped").inc()
             return False
         return True
 
@@ -146,6 +151,7 @@ class Mirror:
         metrics = self.metrics
         outcome = "ok"
         started = time.perf_counter()
+        candidate = self.slots.label(job.candidate)
         try:
             resp = self.pools[job.candidate].request(
                 "POST", "/predict", job.body, job.headers, time.monotonic() + self.timeout_s
@@ -155,7 +161,10 @@ class Mirror:
         except UpstreamError as exc:
             outcome = exc.reason if exc.reason in ("refused", "reset") else "unreachable"
         else:
-            metrics.child(metrics.shadow_duration, job.candidate).observe(
+            answered = next((v for n, v in resp.headers if n.lower() == "x-model-version"), None)
+            self.slots.observed(job.candidate, answered)
+            candidate = answered or candidate
+            metrics.child(metrics.shadow_duration, candidate).observe(
                 time.perf_counter() - started
             )
             if resp.status != 200:
@@ -165,7 +174,7 @@ class Mirror:
                 if result is None:
                     outcome = "invalid"
                 else:
-                    pair = (job.stable, job.candidate)
+                    pair = (job.stable, candidate)
                     # counted per row: a batch request compares as many predictions as it has rows
                     if result.agreeing_rows:
                         metrics.child(metrics.shadow_comparisons, "agree", *pair).inc(
@@ -178,4 +187,4 @@ class Mirror:
                     diffs = (metrics.shadow_value_diff if result.regression
                              else metrics.shadow_probability_diff)
                     metrics.child(diffs, *pair).observe(result.max_diff)
-        metrics.child(metrics.shadow_requests, job.candidate, outcome).inc()
+        metrics.child(metrics.shadow_requests, candidate, outcome).inc()

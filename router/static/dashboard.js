@@ -187,15 +187,23 @@
     drawCharts();
   }
 
+  // Roles name slots; each slot serves a version, which the metrics are keyed by.
+  const versionOf = (state, slot) => (state.slots && state.slots[slot] && state.slots[slot].version) || slot;
+  const slotLabel = (state, slot) => {
+    if (!slot) return "none";
+    const version = versionOf(state, slot);
+    return version === slot ? slot : `${slot} (${version})`;
+  };
+
   function renderRouting(state, analysis) {
     $("#strategy").textContent = state.strategy;
-    $("#stable").textContent = state.stable;
-    $("#candidate").textContent = state.candidate || "none";
+    $("#stable").textContent = slotLabel(state, state.stable);
+    $("#candidate").textContent = slotLabel(state, state.candidate);
     $("#previous-stable").textContent = state.previous_stable || "—";
     $("#store").textContent = state.store.reachable ? "reachable" : "unreachable";
     $("#store").title = state.store.error || "";
-    $("#shadow").textContent = state.shadow_percent ? state.shadow_percent + " % to " + state.candidate : "off";
-    const candidate = state.candidate && analysis.versions[state.candidate];
+    $("#shadow").textContent = state.shadow_percent ? state.shadow_percent + " % to " + slotLabel(state, state.candidate) : "off";
+    const candidate = state.candidate && analysis.versions[versionOf(state, state.candidate)];
     const agreement = candidate ? candidate.shadow.agreement : null;
     $("#agreement").textContent = fmt(agreement, pct);
     const version = $("#config-version");
@@ -203,20 +211,21 @@
     version.dataset.configVersion = state.config_version;
     const shares = Object.entries(state.weights).filter(([, weight]) => weight > 0);
     $("#split").replaceChildren(...shares.map(([v, weight]) => h("span",
-      { style: { background: colorOf(v), width: weight + "%" }, title: `${v} ${weight} %` }, `${v} ${weight} %`)));
+      { style: { background: colorOf(v), width: weight + "%" }, title: `${slotLabel(state, v)} ${weight} %` },
+      `${slotLabel(state, v)} ${weight} %`)));
     $("#split-legend").replaceChildren(...Object.entries(state.weights).map(([v, weight]) =>
-      h("li", { swatch: colorOf(v) }, `${v} ${weight} % of answers`)));
+      h("li", { swatch: colorOf(v) }, `${slotLabel(state, v)} ${weight} % of answers`)));
   }
 
   function renderVersions(state, analysis) {
     $("#window").textContent = "Totals " + analysis.window;
     $("#legend").replaceChildren(...versions.map((v) => h("li", { swatch: colorOf(v) }, v)));
     $("#versions").replaceChildren(...versions.map((v) => {
-      const s = analysis.versions[v];
+      const s = analysis.versions[versionOf(state, v)];
       const role = v === state.stable ? "stable" : v === state.candidate ? "candidate" : "idle";
       const cell = (text) => h("td", { className: "num" }, text);
       return h("tr", { "data-version": v },
-        h("td", { className: "version", swatch: colorOf(v) }, v), h("td", {}, role),
+        h("td", { className: "version", swatch: colorOf(v) }, slotLabel(state, v)), h("td", {}, role),
         cell(state.weights[v] + " %"),
         cell(s ? String(Math.round(s.requests)) : "0"),
         cell(s && s.requests ? pct(s.error_rate) : "—"),
@@ -262,7 +271,9 @@
     const steps = rollout.steps || [];
     const inSteps = rollout.phase === "canary" || rollout.phase === "done";
     $("#rollout-summary").textContent = [
-      `${plan.strategy} of ${rollout.candidate}`, `phase ${rollout.phase}`,
+      rollout.release && rollout.release.version
+        ? `${plan.strategy} of ${rollout.release.version} in slot ${rollout.release.slot}`
+        : `${plan.strategy} of ${rollout.candidate}`, `phase ${rollout.phase}`,
       steps.length ? `step ${Math.min(rollout.step + 1, steps.length)} of ${steps.length}` : null,
       rollout.current_weight !== null ? `weight ${rollout.current_weight} %` : null,
       `failed analyses ${rollout.failed_analyses} of ${plan.max_failed_analyses}`,

@@ -73,8 +73,7 @@ def router_app(tmp_path: Path) -> Iterator[Flask]:
     try:
         yield app
     finally:
-        ctx.controller.stop()
-        ctx.live.stop()
+        ctx.close()
         ctx.store.close()
 
 

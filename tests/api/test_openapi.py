@@ -76,8 +76,7 @@ def in_process_router(upstreams: dict[str, str], tmp_path: Path,
     try:
         yield app
     finally:
-        ctx.controller.stop()
-        ctx.live.stop()
+        ctx.close()
         for pool in ctx.pools.values():
             pool.close()
         ctx.store.close()

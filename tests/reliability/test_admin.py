@@ -54,8 +54,7 @@ def router_without_token(upstream: str, tmp_path: Path) -> Iterator[InProcessSer
         with InProcessServer(app) as server:
             yield server
     finally:
-        ctx.live.stop()
-        ctx.controller.stop()
+        ctx.close()
         for pool in ctx.pools.values():
             pool.close()
         ctx.store.close()

@@ -41,13 +41,14 @@ def test_candidate_killed_mid_rollout(gateway: Gateway, scenario: Row) -> None:
     timeout (fallback to stable); its failures are counted, and the rollout rolls back."""
     gateway.change(strategy="canary", candidate="victim", canary_weight=0)
     time.sleep(SETTLE_S)
-    errors_before = metric(gateway.url, "router_upstream_errors_total", version="victim")
+    # the "victim" slot serves v2: answers and metrics name the version served, not the slot
+    errors_before = metric(gateway.url, "router_upstream_errors_total", version="v2")
     plan = {"strategy": "canary", "candidate": "victim", "steps": list(range(10, 101, 10)),
             "interval_s": 2, "min_requests": 10, "thresholds": {"max_p99_ratio": 100}}
 
     with Load(gateway.url, threads=4, rate=25) as load:
         gateway.call("POST", "/admin/rollout", json=plan)
-        wait_until(lambda: load.count("victim") >= 20, timeout=60)
+        wait_until(lambda: load.count("v2") >= 20, timeout=60)
         killed = kill_tree(gateway.victim.proc.pid)
         gateway.victim.proc.wait(10)
         wait_until(lambda: refuses_connections(gateway.victim.url), timeout=10)
@@ -57,7 +58,7 @@ def test_candidate_killed_mid_rollout(gateway: Gateway, scenario: Row) -> None:
         time.sleep(1)
     remove_runtime_dirs(killed)
     calls = load.snapshot()
-    errors = metric(gateway.url, "router_upstream_errors_total", version="victim") - errors_before
+    errors = metric(gateway.url, "router_upstream_errors_total", version="v2") - errors_before
     routing = gateway.state()
 
     failed = [c for c in calls if c.status != 200]

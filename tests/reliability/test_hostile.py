@@ -123,8 +123,7 @@ def in_process_router(env: dict[str, str]) -> Iterator[InProcessServer]:
         with InProcessServer(app) as server:
             yield server
     finally:
-        ctx.live.stop()
-        ctx.controller.stop()
+        ctx.close()
         for pool in ctx.pools.values():
             pool.close()
         ctx.store.close()

@@ -61,8 +61,7 @@ def in_process_router(upstreams: Mapping[str, str], state_url: str,
     try:
         yield app
     finally:
-        ctx.controller.stop()
-        ctx.live.stop()
+        ctx.close()
         for pool in ctx.pools.values():
             pool.close()
         ctx.store.close()

@@ -32,8 +32,8 @@ PLAN = {
 }  # before and after a reload are different minutes
 
 
-def save_broken_version(root: Path) -> None:
-    """Artifact "v3": verified and loadable, but its model expects 5 features and gets 30."""
+def save_broken_version(root: Path, version: str = "v3") -> None:
+    """Artifact ``version``: verified and loadable, but its model expects 5 features and gets 30."""
     data = load_breast_cancer()
     x, y = data.data, data.target
     pipeline = Pipeline(
@@ -44,8 +44,8 @@ def save_broken_version(root: Path) -> None:
     )
     save_artifact(
         pipeline,
-        root / "v3",
-        version="v3",
+        root / version,
+        version=version,
         feature_names=[str(n) for n in data.feature_names],
         class_labels=[str(n) for n in data.target_names],
     )
@@ -133,7 +133,8 @@ def test_a_good_release_reloads_stable_and_completes_the_bake(
     )
     assert before and after
     assert {(s.status, s.version, s.model_version) for s in before} == {(200, "v1", "v1")}
-    assert {(s.status, s.version, s.model_version) for s in after} == {(200, "v1", "v2")}
+    # X-Model-Version names the version that answered: slot v1 now serves v2
+    assert {(s.status, s.version, s.model_version) for s in after} == {(200, "v2", "v2")}
 
 
 def test_a_release_that_cannot_load_leaves_stable_serving(

@@ -1,0 +1,109 @@
+"""Which version each slot serves: learnt from the slots themselves, never assumed.
+
+The router's upstreams are slots (``blue``, ``green``, or ``v1``, ``v2`` in older
+configurations): named model services, each serving one version at a time, which a reload or a new
+deploy changes. The router learns each slot's version from its ``GET /version`` at start, after
+every reload it makes, every few seconds in the background (so a slot redeployed behind the
+router's back is seen), and at once when an answer's ``X-Model-Version`` names a version it did
+not expect.
+
+    >>> slots = SlotVersions(pools)           # doctest: +SKIP
+    >>> slots.refresh(); slots.get("blue")     # doctest: +SKIP
+    'v2'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+import orjson
+
+from router.upstream import UpstreamError, UpstreamPool
+
+log = logging.getLogger(__name__)
+REFRESH_S = 5.0
+CHECK_BUDGET_S = 2.0
+
+
+class SlotVersions:
+    """The served version of every slot, as this process last learnt it (None: not known)."""
+
+    def __init__(self, pools: Mapping[str, UpstreamPool],
+                 headers: Callable[[], list[tuple[str, str]]] = list,
+                 refresh_s: float = REFRESH_S) -> None:
+        self.pools = pools
+        self.headers = headers
+        self.refresh_s = refresh_s
+        self._served: dict[str, str | None] = dict.fromkeys(pools)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def get(self, slot: str) -> str | None:
+        return self._served.get(slot)
+
+    def label(self, slot: str) -> str:
+        """The slot's version for metrics and headers; the slot's name while it is not known."""
+        return self._served.get(slot) or slot
+
+    def all(self) -> dict[str, str | None]:
+        return dict(self._served)
+
+    def ask(self, slot: str) -> str | None:
+        """``GET /version`` of one slot now: its version, or None when it does not say."""
+        try:
+            resp = self.pools[slot].request("GET", "/version", b"", self.headers(),
+                                            time.monotonic() + CHECK_BUDGET_S)
+            if resp.status != 200:
+                return None
+            version = orjson.loads(resp.body).get("version")
+        except (UpstreamError, orjson.JSONDecodeError, AttributeError):
+            return None
+        return version if isinstance(version, str) and version else None
+
+    def refresh(self, slot: str | None = None) -> dict[str, str | None]:
+        """Ask one slot (or every slot) which version it serves; a silent slot keeps its last."""
+        for name in [slot] if slot is not None else list(self.pools):
+            version = self.ask(name)
+            if version is not None:
+                self._learn(name, version, "GET /version")
+        return self.all()
+
+    def observed(self, slot: str, version: str | None) -> None:
+        """An answer from ``slot`` said it came from ``version`` (its ``X-Model-Version``)."""
+        if version and self._served.get(slot) != version:
+            self._learn(slot, version, "X-Model-Version")
+
+    def _learn(self, slot: str, version: str, source: str) -> None:
+        with self._lock:
+            before = self._served.get(slot)
+            if before == version:
+                return
+            self._served[slot] = version
+        if before is not None:
+            log.info("slot %s now serves %s (was %s; from its %s)", slot, version, before, source)
+
+    def start(self) -> None:
+        """Refresh in the background (once per process; safe after fork)."""
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="slot-versions", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        self.refresh()
+        while not self._stop.wait(self.refresh_s):
+            try:
+                self.refresh()
+            except Exception:  # the refresher must outlive one bad answer
+                log.exception("slot version refresh failed")
