@@ -120,12 +120,13 @@ class ServerProcess:
         self.stop()
 
 
-def model_service(version: str, artifacts: Path, log_dir: Path, **env: str) -> ServerProcess:
-    """Start ``python -m model_service serve --version <version>`` on an ephemeral port."""
+def model_service(version: str, artifacts: Path, log_dir: Path, port: int = 0,
+                  **env: str) -> ServerProcess:
+    """Start ``python -m model_service serve --version <version>`` on ``port`` or an ephemeral one."""
     full = {"MODEL_ARTIFACTS": str(artifacts), **env}
     return ServerProcess(
         ["-m", "model_service", "serve", "--version", version],
-        full, log_dir / f"model-{version}-{time.monotonic_ns()}.log",
+        full, log_dir / f"model-{version}-{time.monotonic_ns()}.log", port=port,
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -141,3 +142,82 @@ def test_v2_v3_v4_through_two_slots_with_three_strategies_and_no_restart(
         assert release in actions
     assert {name: s.proc.pid for name, s in {**services, "router": stack.router}.items()} == pids
     assert all(s.proc.poll() is None for s in (*services.values(), stack.router))
+
+
+def test_a_load_that_fails_aborts_and_changes_no_traffic(
+        slots: tuple[Stack, dict[str, ServerProcess]]) -> None:
+    stack, _ = slots
+    before = stack.admin.state()
+
+    stack.admin.start({"strategy": "canary", "version": "v9", "steps": [50, 100],
+                       "interval_s": 1, "min_requests": 20})
+    rollout = stack.admin.wait_done(30)
+
+    after = stack.admin.state()
+    assert rollout["status"] == "aborted" and rollout["phase"] == "done"
+    assert "loading v9 into slot" in rollout["error"] and "404" in rollout["error"]
+    assert (after["stable"], after["stable_version"], after["weights"]) == (
+        before["stable"], before["stable_version"], before["weights"])
+    assert stack.admin.call("GET", "/admin/releases")["releases"][-1]["outcome"] == "aborted"
+
+
+def test_a_slot_that_changes_version_mid_rollout_aborts_it(
+        slots: tuple[Stack, dict[str, ServerProcess]]) -> None:
+    stack, services = slots
+    stable = stack.admin.state()["stable"]
+    idle = "green" if stable == "blue" else "blue"
+    with Traffic(stack.url):
+        stack.admin.start({"strategy": "canary", "version": "v2", "steps": [30, 100],
+                           "interval_s": 1, "min_requests": 10**6})  # waits, never passes
+        stack.admin.wait_for(lambda r: r["phase"] == "canary", 30)
+        requests.post(services[idle].url + "/admin/reload", json={"version": "v1"}, timeout=30,
+                      headers={"Authorization": f"Bearer {MODEL_TOKEN}"}).raise_for_status()
+        rollout = stack.admin.wait_done(30)
+    state = stack.admin.state()
+
+    assert rollout["status"] == "aborted"
+    assert f"slot {idle} now serves v1, not v2" in rollout["error"]
+    assert (state["stable"], state["canary_weight"]) == (stable, 0)
+
+
+def test_a_slot_redeployed_on_its_port_is_seen_and_gets_only_what_it_reports(
+        artifacts: Path, log_dir: Path, tmp_path: Path) -> None:
+    """A `git push` of a new build to the idle app: the slot comes back serving other artifacts."""
+    first, second = tmp_path / "build-1", tmp_path / "build-2"
+    shutil.copytree(artifacts / "v1", first / "v1")
+    shutil.copytree(artifacts / "v2", second / "v2")
+    blue = model_service("v1", first, log_dir, MODEL_ADMIN_TOKEN=MODEL_TOKEN)
+    green = model_service("v1", first, log_dir, MODEL_ADMIN_TOKEN=MODEL_TOKEN)
+    redeployed: ServerProcess | None = None
+    try:
+        blue.wait_ready(90)
+        green.wait_ready(90)
+        with router({"blue": blue.url, "green": green.url}, log_dir,
+                     f"sqlite:///{tmp_path / 'state.db'}", ROUTER_MODEL_ADMIN_TOKEN=MODEL_TOKEN,
+                     ROUTER_STABLE="blue", ROUTER_CANDIDATE="green") as front:
+            front.wait_ready(60)
+            admin = Admin(front.url)
+            assert admin.state()["slots"]["green"]["version"] == "v1"
+            port = green.port
+            shut(green)
+            redeployed = model_service("v2", second, log_dir, MODEL_ADMIN_TOKEN=MODEL_TOKEN,
+                                       port=port)
+            redeployed.wait_ready(90)
+
+            assert admin.state()["slots"]["green"]["version"] == "v2"
+            admin.start({"strategy": "canary", "version": "v3", "steps": [50, 100],
+                         "interval_s": 1, "min_requests": 10})
+            refused = admin.wait_done(30)
+            assert refused["status"] == "aborted" and "404" in refused["error"]
+            with Traffic(front.url) as traffic:
+                admin.start({"strategy": "canary", "version": "v2", "steps": [50, 100],
+                             "interval_s": 1, "min_requests": 10})
+                released = admin.wait_done(60)
+            assert released["status"] == "promoted"
+            assert admin.state()["stable_version"] == "v2"
+            assert {s.version for s in traffic.sent if s.status == 200} <= {"v1", "v2"}
+            assert all(s.status == 200 for s in traffic.sent)
+    finally:
+        for server in (blue, green, redeployed):
+            if server is not None:
+                shut(server)
