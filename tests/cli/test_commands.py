@@ -219,6 +219,17 @@ def test_watch_exits_0_when_the_rollout_is_promoted(rollout: Runner, stack: Serv
     assert result.out.splitlines()[-1].endswith("promoted; stable is now v2")
     assert admin_get(stack, "/admin/state")["stable"] == "v2"
 
+    history = rollout("history")
+    assert history.code == 0, history.err
+    header, row = history.out.splitlines()
+    assert header.split()[:7] == ["ID", "VERSION", "SLOT", "STRATEGY", "STARTED", "ENDED",
+                                  "OUTCOME"]
+    assert row.split()[1:4] == ["v2", "v2", "canary"] and "promoted" in row.split()
+    [record] = json.loads(rollout("history", "--json").out)["releases"]
+    assert (record["version"], record["slot"], record["outcome"]) == ("v2", "v2", "promoted")
+    assert record["config_versions"] and record["analyses"] >= 2
+    assert "slots" in rollout("status").out
+
 
 @pytest.mark.parametrize("as_json", [False, True])
 def test_watch_exits_1_when_the_rollout_is_aborted(rollout: Runner, stack: ServerProcess,
