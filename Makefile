@@ -23,13 +23,15 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-artifacts/v1/metadata.json artifacts/v2/metadata.json: | $(STAMP)
+ARTIFACTS := artifacts/v1/metadata.json artifacts/v2/metadata.json artifacts/v3/metadata.json artifacts/v4/metadata.json
+
+$(ARTIFACTS): | $(STAMP)
 	$(PY) -m model_service train
 
 train: $(STAMP)
 	$(PY) -m model_service train
 
-run: $(STAMP) artifacts/v1/metadata.json artifacts/v2/metadata.json
+run: $(STAMP) $(ARTIFACTS)
 	$(PY) -m router.devstack
 
 test: $(STAMP)
@@ -38,7 +40,7 @@ test: $(STAMP)
 test-quick: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
-bench: $(STAMP) artifacts/v1/metadata.json artifacts/v2/metadata.json
+bench: $(STAMP) $(ARTIFACTS)
 	bash loadtest/bench-deps.sh
 	$(PY) -m loadtest.bench
 

@@ -59,9 +59,29 @@ def _v2() -> Pipeline:
     )
 
 
+def _v3() -> Pipeline:
+    return Pipeline(
+        [("scale", StandardScaler()), ("model", LogisticRegression(max_iter=2000, C=0.1))]
+    )
+
+
+def _v4() -> Pipeline:
+    return Pipeline(
+        [
+            ("scale", StandardScaler()),
+            ("model", GradientBoostingClassifier(n_estimators=100, max_depth=2,
+                                                 learning_rate=0.2, random_state=0)),
+        ]
+    )
+
+
+# v3 and v4 are later releases of the same project, for walking through continuous releases.
 VERSIONS: dict[str, VersionSpec] = {
     "v1": VersionSpec("v1", "standardised logistic regression", _v1),
     "v2": VersionSpec("v2", "gradient-boosted trees (150 x depth 3)", _v2),
+    "v3": VersionSpec("v3", "standardised logistic regression, stronger regularisation (C=0.1)",
+                      _v3),
+    "v4": VersionSpec("v4", "gradient-boosted trees (100 x depth 2, learning rate 0.2)", _v4),
 }
 
 

@@ -31,6 +31,7 @@ from router.cli_render import (
     render_events,
     render_idle,
     render_releases,
+    slot_name,
     render_state,
     render_watch,
     verdict_line,
@@ -280,7 +281,8 @@ def cmd_watch(client: AdminClient, args: argparse.Namespace) -> int:
             if status == "awaiting_promotion":
                 print("  at the manual gate: `rollout resume` promotes, `rollout rollback` aborts")
             if status not in ACTIVE:
-                print(f"rollout {rollout.get('id')} {status}; stable is now {state.get('stable')}")
+                print(f"rollout {rollout.get('id')} {status}; stable is now "
+                      f"{slot_name(state, state.get('stable'))}")
         shown = len(decisions)
         sys.stdout.flush()
         if status not in ACTIVE:
