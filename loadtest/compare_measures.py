@@ -140,8 +140,9 @@ def exposed(request: Request, timeline: Timeline) -> bool:
     """Whether the candidate answered ``request`` before the final decision.
 
     A valid answer names its model (``model_version``). A failed one is the candidate's when
-    the candidate's service gave it: with routing strategies the service the router chose
-    (``X-Model-Version``); in place, stable's service while it held the candidate, unless the
+    the candidate's service gave it: with routing strategies the version the router names in
+    ``X-Model-Version`` (the version served); in place, stable's slot while it held the candidate
+    (the router names the candidate once the slot says so, the stable version before), unless the
     router could not reach it at all (502).
     """
     if not timeline.release <= request.start < timeline.exposure_until:
@@ -153,7 +154,8 @@ def exposed(request: Request, timeline: Timeline) -> bool:
     if timeline.exposure_from is None or request.start < timeline.exposure_from:
         return False
     until = timeline.rollback if timeline.rollback is not None else timeline.exposure_until
-    return request.version == timeline.stable and request.start < until and request.status != 502
+    return (request.version in (timeline.stable, timeline.candidate) and request.start < until
+            and request.status != 502)
 
 
 def measure(requests: list[Request], timeline: Timeline) -> Measures:

@@ -195,9 +195,10 @@ def _run_notes(title: str, release: Release, timeline: Timeline) -> list[str]:
     if timeline.max_weight is not None:
         notes.append(f"- {title}: highest canary weight reached {timeline.max_weight} %.")
     if release.restart:
-        notes.append(f"- {title}: the restarted service keeps its label `{timeline.stable}` in "
-                     f"`X-Model-Version` while serving {timeline.candidate}; nothing decides, so "
-                     "its exposure runs to the end of the run.")
+        notes.append(f"- {title}: the restarted service is still the stable slot, now serving "
+                     f"{timeline.candidate} (its answers name {timeline.candidate} in "
+                     "`X-Model-Version`); nothing decides, so its exposure runs to the end of "
+                     "the run.")
     return notes
 
 
