@@ -217,6 +217,14 @@ def test_a_slot_redeployed_on_its_port_is_seen_and_gets_only_what_it_reports(
             assert admin.state()["stable_version"] == "v2"
             assert {s.version for s in traffic.sent if s.status == 200} <= {"v1", "v2"}
             assert all(s.status == 200 for s in traffic.sent)
+            history = admin.call("GET", "/admin/releases")["releases"]
+        # the history lives in the state store: a new router on it reads the same
+        with router({"blue": blue.url, "green": green.url}, log_dir,
+                    f"sqlite:///{tmp_path / 'state.db'}") as restarted:
+            restarted.wait_ready(60)
+            assert Admin(restarted.url).call("GET", "/admin/releases")["releases"] == history
+            assert [(r["version"], r["outcome"]) for r in history] == [
+                ("v3", "aborted"), ("v2", "promoted")]
     finally:
         for server in (blue, green, redeployed):
             if server is not None:
