@@ -3,7 +3,10 @@
 The data path never touches the store: it reads ``LiveState.current`` (one reference). A
 background thread re-reads the store every ``refresh_interval_s``; when the store is unreachable
 the router keeps routing on the last state it saw. Changes go through :meth:`LiveState.change`,
-a compare-and-set on ``config_version`` that appends an audit event in the same write.
+a compare-and-set on ``config_version`` that appends an audit event in the same write. A store
+that comes back without the state this process last read from it (a Redis without persistence
+after a restart: empty, or at a lower config_version) gets that state written back, rollout
+included, at the next config_version, so config_version never goes down.
 
     >>> live.change(lambda s: replace(s, canary_weight=25), actor="cli", reason="step")  # doctest: +SKIP
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -24,6 +28,7 @@ from strategies import RoutingState
 
 log = logging.getLogger(__name__)
 STATE_FIELDS = ("strategy", "stable", "candidate", "canary_weight", "shadow_percent", "previous_stable")
+ACTIVE = ("running", "paused", "awaiting_promotion")
 
 
 @dataclass(frozen=True)
@@ -62,23 +67,22 @@ class LiveState:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        _keep_audit_lines()
         self.refresh()
 
     @property
     def loaded(self) -> bool:
+        """Whether ``current`` came from the store (only what the store answered is published)."""
         return self.current.config_version > 0
 
     def refresh(self) -> Snapshot:
         """Read the store (initialising it on first use); on an outage keep the last state.
 
-        The store is the truth, even at a lower config_version than ours: a Redis without
-        persistence comes back empty and is re-seeded with the last state, at version 1.
+        A store that lost what this process last read from it is given it back (``_recover``).
         """
         with self._lock:
             try:
-                stored = self.store.read()
-                if stored is None:
-                    stored = self.store.initialize(self.current.document() | {"rollout": None})
+                stored = self._read_or_recover()
             except StoreUnavailable as exc:
                 if self.store_ok:
                     log.warning("state store unreachable, routing on config_version %d: %s",
@@ -130,10 +134,7 @@ class LiveState:
         re-applied to the newer state (a few attempts). StoreUnavailable propagates.
         """
         for _ in range(5):
-            stored = self.store.read()
-            if stored is None:
-                stored = self.store.initialize(self.current.document())
-            before = snapshot_of(stored)
+            before = snapshot_of(self._read_or_recover())
             if if_match is not None and if_match != before.config_version:
                 raise StaleState(before.config_version, if_match)
             after = _count_config_version(before, mutate(before))
@@ -157,6 +158,56 @@ class LiveState:
             return current
         raise StaleState(self.current.config_version)
 
+    def _read_or_recover(self) -> StoredState:
+        """The stored state; a new store initialised, a store that lost our snapshot given it back.
+
+        Before this process has read anything from the store (``loaded`` is false) its routing
+        state is only the configured default, which never overwrites a stored one.
+        """
+        for _ in range(5):
+            stored = self.store.read()
+            snapshot = self.current
+            if not snapshot.config_version:
+                return stored or self.store.initialize(snapshot.document() | {"rollout": None})
+            if stored is not None and stored.config_version >= snapshot.config_version:
+                return stored
+            try:
+                return self._recover(snapshot, stored)
+            except StaleState:
+                continue  # another router or worker restored first: read what it wrote
+        raise StaleState(self.current.config_version)
+
+    def _recover(self, snapshot: Snapshot, stored: StoredState | None) -> StoredState:
+        """Write ``snapshot`` back over a store that lost it, at the next config_version.
+
+        Of several processes doing this at once exactly one wins (the store refuses a restore at
+        a version it already holds); the others get StaleState. The history the store lost is in
+        the log (logger ``router.audit``); the rollout's release record is saved again.
+        """
+        held = 0 if stored is None else stored.config_version
+        version = snapshot.config_version + 1
+        restored = _count_restore(snapshot, version)
+        old, new = _diff(stored.document if stored is not None else {}, restored.document())
+        came_back = "empty" if stored is None else "older"
+        event = {
+            "actor": "router",
+            "action": "state.restored",
+            "reason": f"the state store came back {came_back} (config_version {held} < "
+                      f"{snapshot.config_version}): restored this router's last snapshot",
+            "old": old,
+            "new": new,
+            "evidence": {"store_config_version": held,
+                         "snapshot_config_version": snapshot.config_version,
+                         "router": f"{socket.gethostname()}:{os.getpid()}"},
+        }
+        committed = self.store.restore(restored.document(), version, event)
+        log.warning("state store %r came back %s (config_version %d, ours %d): restored our last "
+                    "state as config_version %d", self.store, came_back, held,
+                    snapshot.config_version, version)
+        log_event(committed.config_version, event)
+        self._save_release(snapshot_of(committed))
+        return committed
+
     def _save_release(self, snapshot: Snapshot) -> None:
         record = release_record(snapshot)
         if record is None:
@@ -178,11 +229,37 @@ def _count_config_version(before: Snapshot, after: Snapshot) -> Snapshot:
     else:
         written = list(rollout.get("config_versions") or [])
     if before.rollout is not None and before.rollout.get("id") == rollout.get("id") \
-            and rollout.get("status") not in ("running", "paused", "awaiting_promotion") \
+            and rollout.get("status") not in ACTIVE \
             and before.rollout.get("status") == rollout.get("status"):
         return after  # a rollout that had ended is not counted on
     return replace(after, rollout={**rollout,
                                    "config_versions": [*written, before.config_version + 1]})
+
+
+def _count_restore(snapshot: Snapshot, version: int) -> Snapshot:
+    """A running rollout counts the config_version its restored state is written at."""
+    rollout = snapshot.rollout
+    if rollout is None or rollout.get("status") not in ACTIVE:
+        return snapshot
+    written = list(rollout.get("config_versions") or [])
+    return replace(snapshot, rollout={**rollout, "config_versions": [*written, version]})
+
+
+def _keep_audit_lines() -> None:
+    """Let the structured audit lines reach stderr where nobody configured logging.
+
+    gunicorn configures only its own loggers, so without this the ``router.audit`` lines (the
+    history that outlives a store that forgets) would be dropped at INFO. Logging configured by
+    the application (a handler on the root or on ``router.audit``) is left as it is.
+    """
+    audit = logging.getLogger("router.audit")
+    if audit.hasHandlers():
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))  # the line is the JSON record
+    audit.addHandler(handler)
+    audit.setLevel(logging.INFO)
+    audit.propagate = False
 
 
 def _diff(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -4,7 +4,9 @@ history, named leases.
 Every backend keeps the same three things and offers the same few methods, so the router never
 knows which one it talks to. Changes are compare-and-set on ``config_version``: a writer reads
 the state, builds the next document and commits it against the version it read; if somebody
-else committed first, it gets ``StaleState`` and starts again from a fresh read.
+else committed first, it gets ``StaleState`` and starts again from a fresh read. A store that
+lost its state (emptied, or older than what a router last read) is written back with
+``restore``, at a higher config_version than any it had handed out.
 
 Errors::
 
@@ -75,6 +77,19 @@ class StateStore(Protocol):
         """Replace the state and append ``event`` atomically, if still at ``expected_version``."""
         ...
 
+    def restore(
+        self, document: dict[str, Any], config_version: int, event: dict[str, Any]
+    ) -> StoredState:
+        """Write back a state the store lost, at ``config_version``, with ``event``, atomically.
+
+        For a store that came back empty or older (a Redis without persistence after a restart):
+        refused with StaleState when it already holds ``config_version`` or newer, so of several
+        routers restoring at once exactly one wins. The event's id is at least
+        ``config_version - 1``, the id the store would have reached had it lost nothing (each
+        change adds one version and one event), so event ids keep growing too.
+        """
+        ...
+
     def events(self, limit: int = 100, after: int = 0) -> list[dict[str, Any]]:
         """Return the newest ``limit`` audit events with id > ``after``, oldest first."""
         ...
@@ -115,3 +130,12 @@ def check_lease_ttl(ttl_s: float) -> int:
     if not ttl_s > 0:
         raise ValueError(f"lease ttl_s must be a positive number of seconds, got {ttl_s!r}")
     return max(1, round(ttl_s * 1000))
+
+
+def check_restore_version(config_version: int) -> int:
+    """Return ``config_version`` for a restore, refusing one no store could have handed out."""
+    if config_version < 1:
+        raise ValueError(
+            f"a restored state needs a config_version of 1 or more, got {config_version!r}"
+        )
+    return config_version

@@ -10,8 +10,8 @@ Keys live under a prefix (default ``router:``; ``?prefix=...`` in the URL or ``p
     <prefix>lease:<name>   the holder of a lease, expiring with the lease's TTL
     <prefix>changes        pub/sub channel: the new config_version after every commit
 
-Writes are Lua scripts, so a commit (version check, new state, audit event, notification) is
-one atomic step on the server. Socket timeouts are short and nothing is retried, so an outage
+Writes are Lua scripts, so a commit or a restore (version check, new state, audit event,
+notification) is one atomic step on the server. Socket timeouts are short and nothing is retried, so an outage
 reaches the caller as ``StoreUnavailable`` within about a second instead of hanging it; the
 connection pool reconnects on the next call once the server is back.
 
@@ -40,6 +40,7 @@ from router.state.base import (
     StoredState,
     StoreUnavailable,
     check_lease_ttl,
+    check_restore_version,
     stamp_event,
 )
 
@@ -66,6 +67,26 @@ redis.call('XADD', KEYS[2], event_id .. '-0', 'event', ARGV[3])
 redis.call('HSET', KEYS[1], 'version', new_version, 'document', ARGV[2])
 redis.call('PUBLISH', ARGV[4], new_version)
 return {1, new_version}
+"""
+
+# KEYS: state, events, event_id. ARGV: config_version, document, event, channel.
+# Writes only over a state older than ARGV[1] (or none); the event id continues at least from
+# ARGV[1] - 1, where the ids of the store that was lost had got to.
+_RESTORE = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+local version = tonumber(ARGV[1])
+if current >= version then
+    return {0, current}
+end
+local event_id = redis.call('INCR', KEYS[3])
+if event_id < version - 1 then
+    event_id = version - 1
+    redis.call('SET', KEYS[3], event_id)
+end
+redis.call('XADD', KEYS[2], event_id .. '-0', 'event', ARGV[3])
+redis.call('HSET', KEYS[1], 'version', version, 'document', ARGV[2])
+redis.call('PUBLISH', ARGV[4], version)
+return {1, version}
 """
 
 _ACQUIRE_LEASE = """
@@ -111,6 +132,7 @@ class RedisStateStore:
         self.changes_channel = f"{self.prefix}changes"
         self._initialize = self._client.register_script(_INITIALIZE)
         self._commit = self._client.register_script(_COMMIT)
+        self._restore = self._client.register_script(_RESTORE)
         self._acquire_lease = self._client.register_script(_ACQUIRE_LEASE)
         self._release_lease = self._client.register_script(_RELEASE_LEASE)
 
@@ -144,6 +166,21 @@ class RedisStateStore:
         if not committed:
             raise StaleState(int(version), expected_version)
         return StoredState(int(version), json.loads(encoded))
+
+    def restore(
+        self, document: dict[str, Any], config_version: int, event: dict[str, Any]
+    ) -> StoredState:
+        version = check_restore_version(config_version)
+        encoded = json.dumps(document)
+        encoded_event = json.dumps(stamp_event(event, version))
+        with self._translate():
+            restored, current = self._restore(
+                keys=[self._state_key, self._events_key, self._event_id_key],
+                args=[version, encoded, encoded_event, self.changes_channel],
+            )
+        if not restored:
+            raise StaleState(int(current))
+        return StoredState(version, json.loads(encoded))
 
     def events(self, limit: int = 100, after: int = 0) -> list[dict[str, Any]]:
         if limit <= 0:

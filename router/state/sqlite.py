@@ -29,6 +29,7 @@ from router.state.base import (
     StoredState,
     StoreUnavailable,
     check_lease_ttl,
+    check_restore_version,
     stamp_event,
 )
 
@@ -130,6 +131,27 @@ class SQLiteStateStore:
             conn.execute(_UPSERT_STATE, (new_version, encoded))
             conn.execute("INSERT INTO audit_events (event) VALUES (?)", (encoded_event,))
         return StoredState(new_version, json.loads(encoded))
+
+    def restore(
+        self, document: dict[str, Any], config_version: int, event: dict[str, Any]
+    ) -> StoredState:
+        version = check_restore_version(config_version)
+        encoded = json.dumps(document)
+        encoded_event = json.dumps(stamp_event(event, version))
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT config_version FROM routing_state WHERE singleton = 1"
+            ).fetchone()
+            current = 0 if row is None else row[0]
+            if current >= version:
+                raise StaleState(current)
+            (last_id,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM audit_events").fetchone()
+            conn.execute(
+                "INSERT INTO audit_events (id, event) VALUES (?, ?)",
+                (max(last_id + 1, version - 1), encoded_event),
+            )
+            conn.execute(_UPSERT_STATE, (version, encoded))
+        return StoredState(version, json.loads(encoded))
 
     def events(self, limit: int = 100, after: int = 0) -> list[dict[str, Any]]:
         if limit <= 0:

@@ -221,3 +221,83 @@ def test_release_records_are_upserted_by_id_and_listed_oldest_first(
         ("a", "promoted"), ("b", "rolled_back"), ("c", "running")]
     assert [r["id"] for r in other.releases(limit=2)] == ["b", "c"]
     assert other.releases(limit=0) == []
+
+
+RESTORED = {**INITIAL, "strategy": "canary", "canary_weight": 30,
+            "rollout": {"id": "r1", "status": "running", "step": 1}}
+
+
+def test_restore_writes_a_lost_state_back_at_its_version(make_store: StoreFactory) -> None:
+    store, other = make_store(), make_store()
+    event = {"actor": "router", "action": "state.restored", "reason": "the store came back empty"}
+
+    restored = store.restore(RESTORED, 8, event)
+
+    assert restored == StoredState(8, RESTORED)
+    assert other.read() == restored
+    [logged] = other.events()
+    assert {key: logged[key] for key in event} == event
+    assert logged["config_version"] == 8
+    assert logged["id"] == 7  # where the ids of the store that was lost had got to
+    after = other.commit(8, {**RESTORED, "canary_weight": 50}, {"actor": "rollout-controller"})
+    assert after.config_version == 9
+    assert [(e["id"], e["config_version"]) for e in other.events()] == [(7, 8), (8, 9)]
+
+
+def test_restore_over_an_older_state_keeps_its_events(store: StateStore) -> None:
+    store.initialize(INITIAL)
+    store.commit(1, {**INITIAL, "canary_weight": 10}, {"actor": "a new router"})
+
+    store.restore(RESTORED, 6, {"actor": "router"})
+
+    assert store.read() == StoredState(6, RESTORED)
+    events = store.events()
+    assert [(e["actor"], e["config_version"]) for e in events] == [
+        ("a new router", 2), ("router", 6)]
+    assert events[0]["id"] < events[1]["id"] == 5
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_restore_at_a_version_the_store_holds_or_passed_changes_nothing(
+        store: StateStore, version: int) -> None:
+    store.initialize(INITIAL)
+    held = store.commit(1, {**INITIAL, "canary_weight": 10}, {"actor": "admin"})
+
+    with pytest.raises(StaleState) as raised:
+        store.restore(RESTORED, version, {"actor": "router"})
+
+    assert raised.value.current_version == 2
+    assert store.read() == held
+    assert [event["actor"] for event in store.events()] == ["admin"]
+
+
+def test_restore_race_has_one_winner(make_store: StoreFactory) -> None:
+    stores = [make_store() for _ in range(6)]
+    barrier = threading.Barrier(len(stores))
+    outcomes: list[StoredState | int | None] = [None] * len(stores)
+
+    def restore(index: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[index] = stores[index].restore({**RESTORED, "writer": index}, 8,
+                                                    {"actor": f"router-{index}"})
+        except StaleState as exc:
+            outcomes[index] = exc.current_version
+
+    threads = [threading.Thread(target=restore, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    [winner] = [outcome for outcome in outcomes if isinstance(outcome, StoredState)]
+    assert sorted(outcome for outcome in outcomes if isinstance(outcome, int)) == [8] * 5
+    assert stores[0].read() == winner
+    [logged] = stores[0].events()
+    assert logged["actor"] == f"router-{winner.document['writer']}"
+
+
+def test_restore_needs_a_positive_version(store: StateStore) -> None:
+    with pytest.raises(ValueError, match="config_version"):
+        store.restore(RESTORED, 0, {"actor": "router"})
+    assert store.read() is None

@@ -19,6 +19,7 @@ def _assert_unavailable(store: RedisStateStore) -> None:
         "read": store.read,
         "initialize": lambda: store.initialize({"strategy": "canary"}),
         "commit": lambda: store.commit(1, {"strategy": "canary"}, {"actor": "admin"}),
+        "restore": lambda: store.restore({"strategy": "canary"}, 2, {"actor": "router"}),
         "events": store.events,
         "acquire_lease": lambda: store.acquire_lease("rollout", "router-a", ttl_s=5),
         "release_lease": lambda: store.release_lease("rollout", "router-a"),
