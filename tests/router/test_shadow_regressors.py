@@ -79,15 +79,16 @@ def test_mirrored_regressor_rows_agree_within_the_tolerance_as_computed_offline(
 
     for row in rows:
         resp = requests.post(shadow_router.url + "/predict", json={"instances": [row]}, timeout=10)
-        assert resp.status_code == 200 and resp.headers["X-Model-Version"] == "v1"
+        # slots v1 and v2 serve diabetes-v1 and diabetes-v2: answers and metrics name those
+        assert resp.status_code == 200 and resp.headers["X-Model-Version"] == "diabetes-v1"
         assert set(resp.json()) == {"predictions", "model_version"}
 
     def compared() -> float:
-        return metric(shadow_router.url, "router_shadow_value_diff_count", stable="v1",
-                      candidate="v2")
+        return metric(shadow_router.url, "router_shadow_value_diff_count",
+                      stable="diabetes-v1", candidate="diabetes-v2")
 
     def mirrored() -> float:
-        return metric(shadow_router.url, "router_shadow_requests_total", version="v2")
+        return metric(shadow_router.url, "router_shadow_requests_total", version="diabetes-v2")
 
     wait_until(lambda: mirrored() >= REQUESTS, timeout=30)
     assert mirrored() == REQUESTS
@@ -96,5 +97,5 @@ def test_mirrored_regressor_rows_agree_within_the_tolerance_as_computed_offline(
         metric(shadow_router.url, "router_shadow_comparisons_total", result="disagree"),
         compared()))
     assert counts == (agree, REQUESTS - agree, REQUESTS)
-    assert metric(shadow_router.url, "router_shadow_requests_total", version="v2",
+    assert metric(shadow_router.url, "router_shadow_requests_total", version="diabetes-v2",
                   outcome="invalid") == 0
