@@ -24,6 +24,7 @@ from router.dashboard import dashboard
 from router.datapath import DataPath
 from router.live_state import LiveState, Snapshot
 from router.openapi import openapi
+from router.releases import keep_audit_lines
 from router.shadow import Mirror
 from router.slots import SlotVersions
 from router.state import StateStore, open_store
@@ -64,6 +65,7 @@ def create_app(
         if ctx_holder:
             metrics.routing(snapshot.config_version, ctx_holder[0].weights(snapshot.routing))
 
+    keep_audit_lines()
     live = LiveState(config, store, on_change=on_change)
     source: MetricSource = (PrometheusSource(config.prometheus_url) if config.prometheus_url
                             else LocalSource(registry, before_read=metrics.flush))

@@ -67,7 +67,6 @@ class LiveState:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
-        _keep_audit_lines()
         self.refresh()
 
     @property
@@ -243,23 +242,6 @@ def _count_restore(snapshot: Snapshot, version: int) -> Snapshot:
         return snapshot
     written = list(rollout.get("config_versions") or [])
     return replace(snapshot, rollout={**rollout, "config_versions": [*written, version]})
-
-
-def _keep_audit_lines() -> None:
-    """Let the structured audit lines reach stderr where nobody configured logging.
-
-    gunicorn configures only its own loggers, so without this the ``router.audit`` lines (the
-    history that outlives a store that forgets) would be dropped at INFO. Logging configured by
-    the application (a handler on the root or on ``router.audit``) is left as it is.
-    """
-    audit = logging.getLogger("router.audit")
-    if audit.hasHandlers():
-        return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))  # the line is the JSON record
-    audit.addHandler(handler)
-    audit.setLevel(logging.INFO)
-    audit.propagate = False
 
 
 def _diff(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -73,3 +73,20 @@ def log_release(record: dict[str, Any]) -> None:
 def log_event(config_version: int, event: dict[str, Any]) -> None:
     log.info(json.dumps({"audit_event": {**event, "config_version": config_version}},
                         sort_keys=True, default=str))
+
+
+def keep_audit_lines() -> None:
+    """Let the structured audit lines reach stderr where nobody configured logging.
+
+    gunicorn configures only its own loggers, so without this the ``router.audit`` lines (the
+    history that outlives a store that forgets) would be dropped at INFO. Logging configured by
+    the application (a handler on the root or on ``router.audit``) is left as it is.
+    """
+    audit = logging.getLogger("router.audit")
+    if audit.hasHandlers():
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))  # the line is the JSON record
+    audit.addHandler(handler)
+    audit.setLevel(logging.INFO)
+    audit.propagate = False

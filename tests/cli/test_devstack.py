@@ -146,7 +146,8 @@ def test_release_in_place_works_under_make_run(start: Starter, tmp_path: Path) -
 
     assert watched.returncode == 0, watched.stdout + watched.stderr
     assert "decision: pass -> reload" in watched.stdout
-    assert watched.stdout.splitlines()[-1].endswith("promoted; stable is now v1")
+    # slot v1, reloaded in place, now serves v2
+    assert watched.stdout.splitlines()[-1].endswith("promoted; stable is now v1 (v2)")
     served = requests.get(stack.url_of("v1") + "/version", timeout=5).json()["version"]
     assert served == "v2"  # stable's own service was reloaded with the router's model token
 
