@@ -98,7 +98,12 @@ class SlotVersions:
         self._thread.start()
 
     def close(self) -> None:
+        """Stop the refresher and wait for a refresh under way (it may hold a connection)."""
         self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and self._pid == os.getpid() \
+                and thread is not threading.current_thread():
+            thread.join(CHECK_BUDGET_S * (len(self.pools) + 1))
 
     def _run(self) -> None:
         self.refresh()

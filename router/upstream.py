@@ -197,6 +197,7 @@ class UpstreamPool:
         self.max_idle = max_idle
         self._idle: list[Connection] = []
         self._lock = threading.Lock()
+        self._closed = False
 
     def _new(self, timeout: float) -> Connection:
         limit = min(self.connect_timeout_s, timeout)
@@ -226,7 +227,7 @@ class UpstreamPool:
 
     def _checkin(self, conn: Connection) -> None:
         with self._lock:
-            if len(self._idle) < self.max_idle:
+            if not self._closed and len(self._idle) < self.max_idle:
                 self._idle.append(conn)
                 return
         conn.close()
@@ -270,7 +271,9 @@ class UpstreamPool:
         return resp
 
     def close(self) -> None:
+        """Close the idle connections; one in use is closed when it comes back."""
         with self._lock:
             idle, self._idle = self._idle, []
+            self._closed = True
         for conn in idle:
             conn.close()
