@@ -46,6 +46,7 @@ ACTOR = "rollout-controller"
 ACTIVE = ("running", "awaiting_promotion", "paused")
 MAX_DECISIONS = 100
 LOAD_BUDGET_S = 60.0  # from asking a slot to load a version to it reporting that version
+MOVED_GRACE_S = 3.0  # a slot reporting another version this long has moved (not a reload in flight)
 
 
 class Skip(Exception):
@@ -134,6 +135,7 @@ class RolloutController:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.window: _Window | None = None
         self.holding = False
+        self._moved_since: dict[str, float] = {}
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._stop = threading.Event()
@@ -175,7 +177,7 @@ class RolloutController:
         if rollout["phase"] == "load":
             self.window = None
             return self._load(rollout, plan, now)
-        moved = self._slot_moved(rollout)
+        moved = self._slot_moved(rollout, now)
         if moved:
             self._abort(rollout, moved, now)
             return "abort"
@@ -396,13 +398,28 @@ class RolloutController:
             return "abort"
         return None
 
-    def _slot_moved(self, rollout: dict[str, Any]) -> str | None:
-        """Why the rollout cannot go on: a slot now serves another version than it recorded."""
+    def _slot_moved(self, rollout: dict[str, Any], now: float) -> str | None:
+        """Why the rollout cannot go on: a slot now serves another version than it recorded.
+
+        A reload reaches a model service's workers one after another, so for a moment answers
+        name both versions: a slot counts as moved only when it still reports the other version
+        to ``GET /version`` after ``MOVED_GRACE_S``.
+        """
         for slot, expected in (rollout.get("versions") or {}).items():
             now_serving = self.slots.get(slot)
-            if expected and now_serving and now_serving != expected:
-                return (f"slot {slot} now serves {now_serving}, not {expected}: the version "
-                        "changed during the rollout; traffic is back on stable")
+            if not expected or not now_serving or now_serving == expected:
+                self._moved_since.pop(slot, None)
+                continue
+            since = self._moved_since.setdefault(slot, now)
+            if now - since < MOVED_GRACE_S:
+                continue
+            confirmed = self.slots.ask(slot)
+            if confirmed is None or confirmed == expected:
+                self._moved_since.pop(slot, None)
+                self.slots.refresh(slot)
+                continue
+            return (f"slot {slot} now serves {confirmed}, not {expected}: the version "
+                    "changed during the rollout; traffic is back on stable")
         return None
 
     def _abort(self, rollout: dict[str, Any], why: str, now: float) -> None:
