@@ -47,7 +47,7 @@ from model_service.artifacts import (
     load_artifact,
     read_metadata,
 )
-from model_service.schema import InputSchema, SchemaError
+from model_service.schema import InputSchema, SchemaError, plain_value
 
 PROBABILITY_TOLERANCE = 1e-5
 REGRESSION_ABSOLUTE, REGRESSION_RELATIVE = 1e-4, 1e-5
@@ -311,7 +311,7 @@ def check_onnx(model: LoadedModel, session: Any, inputs: Any, number_type: str) 
     if other:
         i = other[0]
         mismatch = (f"{len(other)} of {rows} evaluation rows get another class, first row {i} "
-                    f"(ONNX {_plain(labels[i])!r}, scikit-learn {_plain(predictions[i])!r})"
+                    f"(ONNX {plain_value(labels[i])!r}, scikit-learn {plain_value(predictions[i])!r})"
                     f"{_missing_note(model, feed, i)}")
     elif diff[worst].max() > PROBABILITY_TOLERANCE:
         mismatch = (f"largest probability difference {diff[worst].max():.3g} at evaluation row "
@@ -334,12 +334,8 @@ def _missing_note(model: LoadedModel, feed: dict[str, np.ndarray], row: int) -> 
 
 def _label_key(value: Any) -> Any:
     """A class as ONNX and scikit-learn both give it (ONNX turns booleans and integers into int64)."""
-    value = _plain(value)
+    value = plain_value(value)
     return value if isinstance(value, str) else float(value)
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _write(folder: Path, model: LoadedModel, out: Path, payload: bytes,

@@ -196,7 +196,7 @@ class InputSchema:
             raise SchemaError(f"missing column(s) {missing}; the model takes {list(self.names)}")
         columns = {}
         for column in self.columns:
-            values = [None if _is_missing(v) else _plain(v) for v in table[column.name].tolist()]
+            values = [None if _is_missing(v) else plain_value(v) for v in table[column.name].tolist()]
             columns[column.name] = column.array(values, lambda i: f"{label} {first_row + i}")
         return self.frame_of(columns)
 
@@ -205,7 +205,7 @@ def _is_missing(value: Any) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """numpy scalars as the Python values JSON would have given."""
     return value.item() if isinstance(value, np.generic) else value
 

@@ -164,8 +164,8 @@ def analysis() -> Response:
     thresholds = plan.thresholds if plan else Thresholds()
     min_requests = plan.min_requests if plan else 50
     routing = snap.routing
-    recorded = (snap.rollout or {}).get("versions") or {} if snap.rollout and \
-        snap.rollout.get("status") in ACTIVE else {}
+    rollout = snap.rollout or {}
+    recorded = rollout.get("versions") or {} if rollout.get("status") in ACTIVE else {}
 
     def version_of(slot: str | None) -> str | None:
         if slot is None:
