@@ -1,40 +1,55 @@
-"""Judging a candidate against stable over the same window: pass, wait or fail, with evidence.
+"""Judging a candidate against stable: fail only on evidence of harm, with anytime-valid bounds.
 
-Checks (each records its value, threshold and sample sizes):
+The counts judged are everything since the phase began (a canary's evidence carries across its
+steps), and an analysis may look at them as often as it likes: every check is built from
+confidence sequences (``metrics.sequential``), which hold at every sample size at once. With
+``confidence`` 0.99, a candidate no worse than the plan's tolerances is rolled back by an
+analysis in at most 1 % of rollouts, however many analyses it takes.
 
-- sample size: fewer than ``min_requests`` for either version gives "wait", never "pass";
-- error rate: candidate minus stable at most ``max_error_rate_increase``;
-- latency: p99 ratio at most ``max_p99_ratio``, and a one-sided Mann-Whitney U test on the
-  latency samples (histogram buckets as tied ranks) at ``confidence``, of the candidate against
-  stable's latencies scaled by ``max_p99_ratio``; latency fails only when the ratio is exceeded
-  *and* the test says the candidate is slower by more than that ratio, so noise in one tail (or a
-  candidate a little slower everywhere, which on a busy router is significant but harmless) does
-  not roll back a good release;
-- shadow agreement (when mirroring): agree share at least ``min_agreement``.
+Checks, each with its estimate, confidence interval, limit and sample sizes:
 
-    >>> judge(stable_counts, candidate_counts, Thresholds()).decision   # doctest: +SKIP
+- ``error_rate_increase``: candidate's error rate minus stable's; harm is more than
+  ``max_error_rate_increase``;
+- ``latency_p50`` and ``latency_p<q>`` (``latency_quantile``, default p99): the candidate's
+  quantile against stable's, from the histogram buckets; harm is slower by more than
+  ``max_latency_ratio`` times *and* by more than ``max_latency_increase_ms``, so a
+  one-millisecond difference is never harm;
+- ``agreement`` (shadow): the share of compared rows on which both versions agree; harm is
+  below ``min_agreement``.
+
+A check *fails* when its bounds show harm; it *passes* when they show none. The verdict fails
+if any check fails; it waits while the step has fewer than ``min_requests`` per version; and
+with ``require_evidence`` (for the final promotion), it waits until every check shows, by its
+other bound, that the candidate is within the tolerance, saying how many more requests that
+should take.
+
+    >>> judge(stable_counts, candidate_counts, Thresholds(), min_requests=50).decision   # doctest: +SKIP
     'pass'
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from scipy.stats import mannwhitneyu
-
-from metrics.window import VersionCounts, bucket_counts, quantile
+from metrics.sequential import lower_bound, quantile_bounds, upper_bound
+from metrics.window import VersionCounts, quantile
 
 PASS, WAIT, FAIL = "pass", "wait", "fail"
-_EXPANDED_MAX = 20_000  # samples per side rebuilt from buckets for the U test
+_GROWTH = (1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 100, 150, 250, 400, 650, 1000)
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Limits of a rollout's analysis (defaults are conservative)."""
+    """Tolerances of a rollout's analysis; each is named after what it governs."""
 
     max_error_rate_increase: float = 0.02
-    max_p99_ratio: float = 1.5
+    # latency harm: the candidate's quantile above stable's by more than the ratio AND the margin
+    max_latency_ratio: float = 1.5
+    max_latency_increase_ms: float = 25.0
+    latency_quantile: float = 0.99  # the tail quantile checked beside the median
     min_agreement: float = 0.95
     confidence: float = 0.99
     max_error_rate: float = 0.05  # absolute limit, used where there is no reference to compare with
@@ -42,14 +57,23 @@ class Thresholds:
     agreement_abs_tol: float = 0.01
     agreement_rel_tol: float = 0.05
 
+    def latency_limit_ms(self, stable_ms: float) -> float:
+        """The slowest a candidate's quantile may be, given stable's, before it is harm."""
+        return max(stable_ms * self.max_latency_ratio, stable_ms + self.max_latency_increase_ms)
+
 
 @dataclass(frozen=True)
 class Check:
+    """One sub-check: what it estimated, its bounds, the limit it was held to, what it decided."""
+
     name: str
     decision: str
     value: float | None
     threshold: float | None
     detail: str = ""
+    interval: tuple[float, float] | None = None
+    proven: bool = False  # the bounds show the candidate within the tolerance
+    needed: float | None = None  # further candidate requests expected before it is proven
 
 
 @dataclass(frozen=True)
@@ -59,95 +83,250 @@ class Verdict:
     decision: str
     checks: tuple[Check, ...]
     samples: dict[str, float] = field(default_factory=dict)
+    needed: float | None = None  # while waiting: further candidate requests to a decision
+    minutes: float | None = None  # the same at the current rate
 
     def evidence(self) -> dict[str, Any]:
-        return {"decision": self.decision, "samples": self.samples,
-                "checks": [asdict(c) for c in self.checks]}
+        doc: dict[str, Any] = {"decision": self.decision, "samples": self.samples,
+                               "checks": [_check_doc(c) for c in self.checks]}
+        if self.needed is not None:
+            doc["needed_requests"] = round(self.needed)
+            if self.minutes is not None:
+                doc["needed_minutes"] = round(self.minutes, 1)
+        return doc
+
+    def deciding(self) -> Check | None:
+        """The check that decided: the first failed one, else the first waiting one."""
+        for wanted in (FAIL, WAIT):
+            for check in self.checks:
+                if check.decision == wanted:
+                    return check
+        return None
 
 
-def _expand(cumulative: dict[float, float]) -> list[float]:
-    pairs = [(le, c) for le, c in bucket_counts(cumulative) if c > 0]
-    total = sum(c for _, c in pairs)
-    scale = min(1.0, _EXPANDED_MAX / total) if total else 1.0
-    finite = [le for le, _ in pairs if le != float("inf")]
-    top = (max(finite) * 2) if finite else 1.0
-    out: list[float] = []
-    for le, c in pairs:
-        out.extend([le if le != float("inf") else top] * max(1, round(c * scale)))
-    return out
+def _check_doc(check: Check) -> dict[str, Any]:
+    doc = asdict(check)
+    if check.interval is not None:
+        doc["interval"] = [_finite(x) for x in check.interval]
+    if check.needed is None:
+        doc.pop("needed")
+    return doc
 
 
-def latency_check(stable: dict[float, float], candidate: dict[float, float], t: Thresholds,
-                  name: str = "latency_p99_ratio") -> Check:
-    p99_s, p99_c = quantile(stable, 0.99), quantile(candidate, 0.99)
-    if p99_s is None or p99_c is None:
-        return Check(name, WAIT, None, t.max_p99_ratio, "no latency samples yet")
-    ratio = p99_c / p99_s if p99_s > 0 else float("inf")
-    a, b = _expand(candidate), [x * t.max_p99_ratio for x in _expand(stable)]
-    p_value = float(mannwhitneyu(a, b, alternative="greater").pvalue) if a and b else 1.0
-    slower = p_value < 1 - t.confidence
-    p50_s, p50_c = quantile(stable, 0.5), quantile(candidate, 0.5)
-    p50_ratio = p50_c / p50_s if p50_s and p50_c is not None else float("inf")
-    # The test must say the candidate is slower than the tolerance allows, and then either the
-    # tail (p99) or the bulk (p50) ratio must exceed it: a uniformly slower version fails even
-    # when a noisy stable tail keeps the p99 ratio under the limit.
-    failed = slower and (ratio > t.max_p99_ratio or p50_ratio > t.max_p99_ratio)
-    detail = (f"p99 stable {p99_s * 1e3:.1f} ms, candidate {p99_c * 1e3:.1f} ms; p50 ratio "
-              f"{p50_ratio:.2f}; Mann-Whitney U, candidate slower than {t.max_p99_ratio:g} x "
-              f"stable: one-sided p={p_value:.3g} at confidence {t.confidence}")
-    return Check(name, FAIL if failed else PASS, round(ratio, 4), t.max_p99_ratio, detail)
+def _finite(x: float) -> float | None:
+    return None if math.isinf(x) or math.isnan(x) else round(x, 6)
+
+
+def _scaled(counts: VersionCounts, k: float) -> VersionCounts:
+    """The same rates over ``k`` times the requests: what more data at today's estimates gives."""
+    return VersionCounts(
+        requests=counts.requests * k, errors=counts.errors * k,
+        latency_buckets={le: v * k for le, v in counts.latency_buckets.items()},
+        shadow_requests=counts.shadow_requests * k, shadow_errors=counts.shadow_errors * k,
+        shadow_latency_buckets={le: v * k for le, v in counts.shadow_latency_buckets.items()},
+        agree=counts.agree * k, disagree=counts.disagree * k)
+
+
+def _needed(prove: Callable[[float], bool], n: float) -> float | None:
+    """Further requests until ``prove(k)`` holds for ``k`` times today's data (None: not at 1000x)."""
+    for k in _GROWTH:
+        if prove(k):
+            return n * (k - 1)
+    return None
+
+
+# -- the checks --------------------------------------------------------------------------------
+
+
+def error_check(stable_n: float, stable_errors: float, cand_n: float, cand_errors: float,
+                t: Thresholds, alpha: float, explain: bool = False,
+                name: str = "error_rate_increase") -> Check:
+    """Candidate's error rate minus stable's, against ``max_error_rate_increase``."""
+    a = alpha / 2  # one bound per version
+    limit = t.max_error_rate_increase
+    low = lower_bound(cand_errors, cand_n, a) - upper_bound(stable_errors, stable_n, a)
+    high = upper_bound(cand_errors, cand_n, a) - lower_bound(stable_errors, stable_n, a)
+    rate_c = cand_errors / cand_n if cand_n else 0.0
+    rate_s = stable_errors / stable_n if stable_n else 0.0
+    harm, proven = low > limit, high <= limit
+    detail = (f"stable {stable_errors:.0f}/{stable_n:.0f} ({rate_s:.2%}), candidate "
+              f"{cand_errors:.0f}/{cand_n:.0f} ({rate_c:.2%}); increase between {low:+.4f} and "
+              f"{high:+.4f}; harm is more than {limit:g}")
+    needed = None
+    if explain and not harm and not proven:
+        needed = _needed(lambda k: upper_bound(cand_errors * k, cand_n * k, a)
+                         - lower_bound(stable_errors * k, stable_n * k, a) <= limit, cand_n)
+    return Check(name, FAIL if harm else PASS, round(rate_c - rate_s, 6), limit, detail,
+                 (low, high), proven, needed)
+
+
+def _sorted_buckets(cumulative: dict[float, float]) -> tuple[list[float], list[float]]:
+    bounds = sorted(cumulative)
+    running, counts = 0.0, []
+    for le in bounds:  # cumulative counts never fall (a window can hold tiny negative noise)
+        running = max(running, cumulative[le])
+        counts.append(running)
+    return bounds, counts
+
+
+def _next_bound(bounds: list[float], x: float) -> float:
+    """The bucket bound after ``x``: a quantile shown to be above ``x`` is at least that."""
+    for b in bounds:
+        if b > x:
+            return b
+    return math.inf
+
+
+def latency_checks(stable: dict[float, float], candidate: dict[float, float], t: Thresholds,
+                   alpha: float, explain: bool = False) -> list[Check]:
+    """The median and the tail quantile of the candidate against stable's (ms), from buckets."""
+    quantiles = sorted({0.5, t.latency_quantile})
+    a = alpha / (2 * len(quantiles))  # two bounds per quantile
+    sb, sc = _sorted_buckets(stable)
+    cb, cc = _sorted_buckets(candidate)
+    checks = []
+    for q in quantiles:
+        name = f"latency_p{q * 100:g}"
+        est_s, est_c = quantile(stable, q), quantile(candidate, q)
+        if not sc or not cc or sc[-1] <= 0 or cc[-1] <= 0 or est_s is None or est_c is None:
+            checks.append(Check(name, PASS, None, None, "no latency samples yet", None, False,
+                                None))
+            continue
+
+        def bounds(k: float, q: float = q) -> tuple[float, float, float, float]:
+            s_low, s_high = quantile_bounds(sb, [c * k for c in sc], q, a)
+            c_low, c_high = quantile_bounds(cb, [c * k for c in cc], q, a)
+            return s_low, s_high, c_low, c_high
+
+        s_low, s_high, c_low, c_high = bounds(1.0)
+        harm_limit = t.latency_limit_ms(s_high * 1e3)  # the most stable's quantile can be
+        harm = c_low * 1e3 >= harm_limit
+
+        def shown_within(k: float, q: float = q) -> bool:
+            s_low, _, _, c_high = bounds(k, q)
+            return c_high * 1e3 <= t.latency_limit_ms(_next_bound(sb, s_low) * 1e3)
+
+        proven = shown_within(1.0)
+        limit = t.latency_limit_ms(est_s * 1e3)
+        detail = (f"p{q * 100:g} stable {est_s * 1e3:.3g} ms (at most {_ms(s_high)}), candidate "
+                  f"{est_c * 1e3:.3g} ms (above {_ms(c_low)}, at most {_ms(c_high)}); harm is "
+                  f"slower than {t.max_latency_ratio:g}x and +{t.max_latency_increase_ms:g} ms")
+        needed = None
+        if explain and not harm and not proven:
+            needed = _needed(shown_within, cc[-1])
+        checks.append(Check(name, FAIL if harm else PASS, round(est_c * 1e3, 4), round(limit, 4),
+                            detail, (c_low * 1e3, c_high * 1e3), proven, needed))
+    return checks
+
+
+def _ms(seconds: float) -> str:
+    return "unknown" if math.isinf(seconds) else f"{seconds * 1e3:.3g} ms"
+
+
+def agreement_check(agree: float, disagree: float, t: Thresholds, alpha: float,
+                    explain: bool = False) -> Check:
+    """The share of compared rows on which both versions agree, against ``min_agreement``."""
+    n = agree + disagree
+    low, high = lower_bound(agree, n, alpha), upper_bound(agree, n, alpha)
+    limit = t.min_agreement
+    harm, proven = high < limit, low >= limit
+    needed = None
+    if explain and not harm and not proven and n:
+        needed = _needed(lambda k: lower_bound(agree * k, n * k, alpha) >= limit, n)
+    value = agree / n if n else None
+    return Check("agreement", FAIL if harm else PASS, None if value is None else round(value, 6),
+                 limit, f"{agree:.0f} agree, {disagree:.0f} disagree; agreement between "
+                 f"{low:.4f} and {high:.4f}; harm is below {limit:g}", (low, high), proven, needed)
+
+
+# -- the verdict -------------------------------------------------------------------------------
+
+
+def _decide(checks: list[Check], samples: dict[str, float], short: float, min_requests: int,
+            require_evidence: bool, rate: float | None) -> Verdict:
+    """Fail on any harm; wait for the step's samples; with ``require_evidence`` wait for proof."""
+    if any(c.decision == FAIL for c in checks):
+        return Verdict(FAIL, tuple(checks), samples)
+    if short > 0:
+        checks.insert(0, Check("sample_size", WAIT, min_requests - short, min_requests,
+                               f"{short:.0f} more requests per version in this step before it "
+                               "can pass"))
+        return Verdict(WAIT, tuple(checks), samples, short, _minutes(short, rate))
+    if require_evidence and not all(c.proven for c in checks):
+        waiting = [replace(c, decision=WAIT) if not c.proven else c for c in checks]
+        needs = [c.needed for c in waiting if c.decision == WAIT]
+        needed = None if any(n is None for n in needs) else max(needs, default=0.0)
+        return Verdict(WAIT, tuple(waiting), samples, needed, _minutes(needed, rate))
+    return Verdict(PASS, tuple(checks), samples)
+
+
+def _minutes(needed: float | None, rate: float | None) -> float | None:
+    return needed / rate / 60.0 if needed is not None and rate else None
 
 
 def judge(stable: VersionCounts, candidate: VersionCounts, t: Thresholds, *, min_requests: int,
-          shadow: bool = False) -> Verdict:
-    """Compare ``candidate`` with ``stable`` over one window."""
+          shadow: bool = False, step: tuple[float, float] | None = None,
+          require_evidence: bool = False, alpha: float | None = None,
+          rate: float | None = None) -> Verdict:
+    """Compare ``candidate`` with ``stable`` over everything since the phase began.
+
+    ``step`` is (stable's, the candidate's) requests in the current step, which must reach
+    ``min_requests`` before the step passes (default: the totals). ``alpha`` is this analysis's
+    share of ``1 - confidence`` (a plan with two judged phases gives each half). ``rate`` is the
+    candidate's requests per second, to turn "requests still needed" into minutes.
+    """
+    alpha = (1.0 - t.confidence) if alpha is None else alpha
     checks: list[Check] = []
     if shadow:
         n_c = candidate.shadow_requests
         samples = {"stable_requests": stable.requests, "candidate_shadow_requests": n_c,
                    "compared": candidate.agree + candidate.disagree}
-        if stable.requests < min_requests or n_c < min_requests or samples["compared"] < min_requests:
-            checks.append(Check("sample_size", WAIT, n_c, min_requests,
-                                "too few mirrored requests to judge"))
-            return Verdict(WAIT, tuple(checks), samples)
-        shadow_error_rate = candidate.shadow_errors / n_c
-        increase = shadow_error_rate - stable.error_rate
-        checks.append(Check("error_rate_increase", FAIL if increase > t.max_error_rate_increase else PASS,
-                            round(increase, 6), t.max_error_rate_increase,
-                            f"shadow errors {candidate.shadow_errors:.0f}/{n_c:.0f}"))
-        checks.append(latency_check(stable.latency_buckets, candidate.shadow_latency_buckets, t))
-        agreement = candidate.agreement
-        checks.append(Check("agreement", FAIL if (agreement or 0) < t.min_agreement else PASS,
-                            None if agreement is None else round(agreement, 6), t.min_agreement,
-                            f"{candidate.agree:.0f} agree, {candidate.disagree:.0f} disagree"))
+        a = alpha / 3
+        if stable.requests and n_c:
+            checks.append(error_check(stable.requests, stable.errors, n_c, candidate.shadow_errors,
+                                      t, a, require_evidence))
+            checks += latency_checks(stable.latency_buckets, candidate.shadow_latency_buckets, t, a,
+                                     require_evidence)
+        if candidate.agree + candidate.disagree:
+            checks.append(agreement_check(candidate.agree, candidate.disagree, t, a,
+                                          require_evidence))
+        have = min(step) if step else min(stable.requests, n_c, samples["compared"])
     else:
         samples = {"stable_requests": stable.requests, "candidate_requests": candidate.requests}
-        if stable.requests < min_requests or candidate.requests < min_requests:
-            checks.append(Check("sample_size", WAIT, min(stable.requests, candidate.requests),
-                                min_requests, "too few requests per version to judge"))
-            return Verdict(WAIT, tuple(checks), samples)
-        increase = candidate.error_rate - stable.error_rate
-        checks.append(Check("error_rate_increase", FAIL if increase > t.max_error_rate_increase else PASS,
-                            round(increase, 6), t.max_error_rate_increase,
-                            f"stable {stable.error_rate:.4f}, candidate {candidate.error_rate:.4f}"))
-        checks.append(latency_check(stable.latency_buckets, candidate.latency_buckets, t))
-    decision = FAIL if any(c.decision == FAIL for c in checks) else (
-        WAIT if any(c.decision == WAIT for c in checks) else PASS)
-    return Verdict(decision, tuple(checks), samples)
+        a = alpha / 2
+        if stable.requests and candidate.requests:
+            checks.append(error_check(stable.requests, stable.errors, candidate.requests,
+                                      candidate.errors, t, a, require_evidence))
+            checks += latency_checks(stable.latency_buckets, candidate.latency_buckets, t, a,
+                                     require_evidence)
+        have = min(step) if step else min(stable.requests, candidate.requests)
+    return _decide(checks, samples, max(0.0, min_requests - have), min_requests,
+                   require_evidence, rate)
 
 
 def judge_alone(version: VersionCounts, reference: VersionCounts | None, t: Thresholds, *,
-                min_requests: int) -> Verdict:
+                min_requests: int, step: float | None = None, require_evidence: bool = False,
+                alpha: float | None = None, rate: float | None = None) -> Verdict:
     """Judge one version after a switch, against the window before it (or absolute limits)."""
-    if version.requests < min_requests:
-        return Verdict(WAIT, (Check("sample_size", WAIT, version.requests, min_requests,
-                                    "too few requests since the switch"),),
-                       {"requests": version.requests})
+    alpha = (1.0 - t.confidence) if alpha is None else alpha
     if reference is not None and reference.requests >= min_requests:
-        verdict = judge(reference, version, t, min_requests=min_requests)
-        return Verdict(verdict.decision, verdict.checks,
-                       {"reference_requests": reference.requests, "requests": version.requests})
-    failed = version.error_rate > t.max_error_rate
-    check = Check("error_rate", FAIL if failed else PASS, round(version.error_rate, 6),
-                  t.max_error_rate, "no reference window before the switch: absolute limit")
-    return Verdict(FAIL if failed else PASS, (check,), {"requests": version.requests})
+        verdict = judge(reference, version, t, min_requests=min_requests,
+                        step=None if step is None else (reference.requests, step),
+                        require_evidence=require_evidence, alpha=alpha, rate=rate)
+        return replace(verdict, samples={"reference_requests": reference.requests,
+                                         "requests": version.requests})
+    samples = {"requests": version.requests}
+    checks = []
+    if version.requests:
+        n, e, limit = version.requests, version.errors, t.max_error_rate
+        low, high = lower_bound(e, n, alpha / 2), upper_bound(e, n, alpha / 2)
+        needed = None
+        if require_evidence and not low > limit and not high <= limit:
+            needed = _needed(lambda k: upper_bound(e * k, n * k, alpha / 2) <= limit, n)
+        checks.append(Check("error_rate", FAIL if low > limit else PASS, round(e / n, 6), limit,
+                            f"{e:.0f}/{n:.0f} failed, between {low:.4f} and {high:.4f}; no "
+                            f"reference window before the switch: harm is more than {limit:g}",
+                            (low, high), high <= limit, needed))
+    have = version.requests if step is None else step
+    return _decide(checks, samples, max(0.0, min_requests - have), min_requests,
+                   require_evidence, rate)

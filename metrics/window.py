@@ -8,6 +8,7 @@ restarted router), that version counts from zero.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from metrics.buckets import LATENCY_BUCKETS
 
@@ -35,6 +36,21 @@ class VersionCounts:
     def agreement(self) -> float | None:
         total = self.agree + self.disagree
         return self.agree / total if total else None
+
+    def to_doc(self) -> dict[str, Any]:
+        """A JSON document of these counts (bucket bounds as strings)."""
+        doc = dict(self.__dict__)
+        doc["latency_buckets"] = {str(k): v for k, v in self.latency_buckets.items()}
+        doc["shadow_latency_buckets"] = {str(k): v for k, v in self.shadow_latency_buckets.items()}
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> VersionCounts:
+        doc = dict(doc)
+        doc["latency_buckets"] = {float(k): v for k, v in doc.get("latency_buckets", {}).items()}
+        doc["shadow_latency_buckets"] = {float(k): v
+                                         for k, v in doc.get("shadow_latency_buckets", {}).items()}
+        return cls(**doc)
 
     def went_down(self, earlier: VersionCounts) -> bool:
         """True when any counter is below ``earlier``'s: the version's counters restarted."""

@@ -16,6 +16,7 @@ from router.admin import _actor, _body, _ctx, _if_match, _reason, _state_respons
 from router.live_state import Snapshot
 from router.rollout import ACTIVE, new_rollout
 from router.rollout_plan import RolloutPlan, parse_plan
+from router.rollout_step import analyse, counts_of
 from strategies import StrategyError, get
 
 
@@ -157,14 +158,14 @@ def analysis() -> Response:
         reading = ctx.source.read()
     except SourceUnavailable as exc:
         raise ServiceUnavailable(str(exc), code="metrics_unavailable") from None
-    controller = ctx.controller
-    baseline = controller.window.baseline if controller.window is not None else None
+    rollout = snap.rollout or {}
+    evidence = rollout.get("evidence") if rollout.get("status") in ACTIVE else None
+    baseline = counts_of(evidence.get("counts")) if evidence else None
     stats = window(reading, baseline)
-    plan = RolloutPlan.from_dict(snap.rollout["plan"]) if snap.rollout else None
+    plan = RolloutPlan.from_dict(rollout["plan"]) if rollout else None
     thresholds = plan.thresholds if plan else Thresholds()
     min_requests = plan.min_requests if plan else 50
     routing = snap.routing
-    rollout = snap.rollout or {}
     recorded = rollout.get("versions") or {} if rollout.get("status") in ACTIVE else {}
 
     def version_of(slot: str | None) -> str | None:
@@ -173,13 +174,16 @@ def analysis() -> Response:
         return recorded.get(slot) or ctx.slots.get(slot) or slot
 
     verdict = None
-    if routing.candidate:
+    if evidence and plan is not None and rollout.get("phase") in ("shadow", "canary", "bake"):
+        verdict = analyse(rollout, plan, routing, reading, time.time()).evidence()
+    elif routing.candidate:
         shadow = routing.strategy == "shadow"
         verdict = judge(stats.get(version_of(routing.stable) or "", VersionCounts()),
                         stats.get(version_of(routing.candidate) or "", VersionCounts()), thresholds,
                         min_requests=min_requests, shadow=shadow).evidence()
     return json_response({
-        "window": "current rollout analysis window" if baseline is not None else "since this router process started",
+        "window": ("the running rollout's evidence, since its phase began" if baseline is not None
+                   else "since the metrics began"),
         "stable": routing.stable, "candidate": routing.candidate, "strategy": routing.strategy,
         "stable_version": version_of(routing.stable),
         "candidate_version": version_of(routing.candidate),

@@ -234,17 +234,72 @@ def plan_from_args(args: argparse.Namespace) -> dict[str, Any]:
                     raise ValueError(key)
                 thresholds[key.strip()] = float(raw)
             except ValueError:
-                raise CLIError(f"--threshold must look like max_p99_ratio=1.5, got {item!r}") \
+                raise CLIError(f"--threshold must look like max_latency_ratio=1.5, got {item!r}") \
                     from None
         plan["thresholds"] = thresholds
     if args.manual_promotion:
         plan["manual_promotion"] = True
+    if getattr(args, "require_evidence", False):
+        plan["require_evidence"] = True
     if "strategy" not in plan:
         raise CLIError("give --strategy (canary, blue-green, shadow-then-canary, release-in-place) "
                        "or --plan FILE")
     if args.reason:
         plan["reason"] = args.reason
     return plan
+
+
+def cmd_simulate(client: AdminClient, args: argparse.Namespace) -> int:
+    """Run the plan many times through the real controller and judge on synthetic traffic."""
+    from common.errors import Unprocessable
+    from router.simulate import Arrivals, Traffic, format_summary, plan_for, simulate
+
+    args.candidate = args.version = args.reason = None
+    args.shadow_percent = None
+    if not args.plan and not args.strategy:
+        args.strategy = "canary"
+    try:
+        plan = plan_for({k: v for k, v in plan_from_args(args).items() if k != "reason"})
+    except Unprocessable as exc:
+        raise CLIError(f"the plan is not valid: {exc}") from None
+    for name in ("stable_error_rate", "candidate_error_rate", "candidate_agreement"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise CLIError(f"--{name.replace('_', '-')} must be a share from 0 to 1, got {getattr(args, name)}")
+    if args.rps <= 0 or args.runs < 1 or args.users < 1 or args.candidate_latency_factor <= 0:
+        raise CLIError("--rps, --runs, --users and --candidate-latency-factor must be positive")
+    arrivals = None
+    if args.replay:
+        try:
+            arrivals = Arrivals.from_log(Path(args.replay))
+        except OSError as exc:
+            raise CLIError(f"cannot read {args.replay}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+    traffic = Traffic(rps=args.rps, stable_error_rate=args.stable_error_rate,
+                      candidate_error_rate=args.candidate_error_rate,
+                      candidate_latency_factor=args.candidate_latency_factor,
+                      stable_latency_ms=args.stable_latency_ms,
+                      candidate_agreement=args.candidate_agreement, users=args.users)
+    step = max(1, args.runs // 10)
+
+    def progress(done: int) -> None:
+        if done % step == 0 and sys.stderr.isatty():
+            print(f"\r{done}/{args.runs} runs", end="", file=sys.stderr, flush=True)
+
+    outcome = simulate(plan, traffic, args.runs, seed=args.seed, arrivals=arrivals,
+                       progress=progress)
+    if sys.stderr.isatty():
+        print("\r" + " " * 30 + "\r", end="", file=sys.stderr)
+    summary = outcome.summary()
+    if args.json:
+        print(json.dumps({"plan": plan.to_dict(), "traffic": traffic.__dict__, **summary}, indent=2))
+        return EXIT_OK
+    source = f"replay of {args.replay}" if arrivals is not None else f"{args.rps:g} req/s"
+    print(f"{plan.strategy}, steps {','.join(map(str, plan.steps))}, analyses every "
+          f"{plan.interval_s:g} s; {source}; errors stable {args.stable_error_rate:g}, candidate "
+          f"{args.candidate_error_rate:g}; candidate latency x{args.candidate_latency_factor:g}")
+    print("\n".join(format_summary(summary, args.rps)))
+    return EXIT_OK
 
 
 def cmd_start(client: AdminClient, args: argparse.Namespace) -> int:
@@ -377,11 +432,45 @@ COMMANDS: dict[str, tuple[Command, str, list[Option]]] = {
         ("--max-failed", _opt("N", "failed analyses tolerated before rollback", type=int)),
         ("--shadow-percent", _opt("PERCENT", "mirrored percent in the shadow phase",
                                   type=_percent)),
-        ("--threshold", _opt("KEY=VALUE", "e.g. max_error_rate_increase=0.01, max_p99_ratio=1.5, "
+        ("--threshold", _opt("KEY=VALUE", "e.g. max_error_rate_increase=0.01, "
+                             "max_latency_ratio=1.5, max_latency_increase_ms=25, "
                              "min_agreement=0.95 (repeatable)", action="append")),
         ("--manual-promotion", _opt(None, "hold before the final promotion until `rollout "
                                     "resume`", action="store_true")),
+        ("--require-evidence", _opt(None, "the final promotion waits for evidence that the "
+                                    "candidate is within every tolerance", action="store_true")),
         REASON, IF_MATCH]),
+    "simulate": (cmd_simulate, "run a plan many times through the controller and judge on "
+                               "synthetic traffic (no router needed)", [
+        ("--plan", _opt("FILE", "YAML or JSON plan; flags override its fields")),
+        ("--strategy", _opt("NAME", "canary (default), blue-green, shadow-then-canary or "
+                            "release-in-place")),
+        ("--steps", _opt("PERCENTS", "canary weights in percent, ending at 100")),
+        ("--interval", _opt("SECONDS", "seconds between analyses", type=_seconds)),
+        ("--min-requests", _opt("N", "per-version sample size before a step passes", type=int)),
+        ("--max-failed", _opt("N", "failed analyses tolerated before rollback", type=int)),
+        ("--threshold", _opt("KEY=VALUE", "a threshold of the plan (repeatable)",
+                             action="append")),
+        ("--manual-promotion", _opt(None, argparse.SUPPRESS, action="store_true")),
+        ("--require-evidence", _opt(None, "the final promotion waits for evidence",
+                                    action="store_true")),
+        ("--rps", _opt("N", "requests per second (default: 20)", type=float, default=20.0)),
+        ("--stable-error-rate", _opt("P", "stable's share of failed requests (default: 0.01)",
+                                     type=float, default=0.01)),
+        ("--candidate-error-rate", _opt("P", "the candidate's (default: 0.01)", type=float,
+                                        default=0.01)),
+        ("--candidate-latency-factor", _opt("X", "the candidate's latency as a multiple of "
+                                            "stable's (default: 1)", type=float, default=1.0)),
+        ("--stable-latency-ms", _opt("MS", "stable's median latency; log-normal, sigma 0.5 "
+                                     "(default: 100)", type=float, default=100.0)),
+        ("--candidate-agreement", _opt("P", "under shadow, the share of rows both versions "
+                                       "agree on (default: 0.99)", type=float, default=0.99)),
+        ("--users", _opt("N", "distinct users, each kept on one version (default: 200)",
+                         type=int, default=200)),
+        ("--runs", _opt("N", "rollouts to simulate (default: 2000)", type=int, default=2000)),
+        ("--seed", _opt("N", "random seed (default: 0)", type=int, default=0)),
+        ("--replay", _opt("LOG.csv", "take arrival times and users from a locustfile request "
+                          "log (--request-log) instead of --rps and --users"))]),
     "pause": (_transition("/admin/rollout/pause"), "hold a running rollout at its current step",
               [REASON]),
     "resume": (_transition("/admin/rollout/resume"),

@@ -19,13 +19,17 @@ PLAN_STRATEGIES = ("canary", "blue-green", "shadow-then-canary", "release-in-pla
 _FIELDS = {
     "strategy", "steps", "interval_s", "min_requests", "max_failed_analyses", "thresholds",
     "manual_promotion", "candidate", "shadow_percent", "shadow_analyses", "bake_analyses",
-    "preview_analysis", "release_version", "version", "reason",
+    "preview_analysis", "release_version", "version", "reason", "require_evidence",
 }
 # A version label, as the model services name their artifact folders.
 VERSION_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# The name plans used before latency had an absolute tolerance too: it sets max_latency_ratio.
+LEGACY_THRESHOLDS = {"max_p99_ratio": "max_latency_ratio"}
 _THRESHOLD_LIMITS = {
     "max_error_rate_increase": (0.0, 1.0),
-    "max_p99_ratio": (1.0, 1000.0),
+    "max_latency_ratio": (1.0, 1000.0),
+    "max_latency_increase_ms": (0.0, 3_600_000.0),
+    "latency_quantile": (0.5, 0.999),
     "min_agreement": (0.0, 1.0),
     "confidence": (0.5, 0.9999),
     "max_error_rate": (0.0, 1.0),
@@ -54,6 +58,8 @@ class RolloutPlan:
     # the version to release: loaded into the candidate's slot (release-in-place: stable's)
     # before the plan runs; None releases what the candidate's slot serves now
     version: str | None = None
+    # the final promotion needs evidence that the candidate is within every tolerance
+    require_evidence: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -64,7 +70,8 @@ class RolloutPlan:
     def from_dict(cls, doc: dict[str, Any]) -> RolloutPlan:
         doc = dict(doc)
         doc["steps"] = tuple(doc.get("steps", ()))
-        doc["thresholds"] = Thresholds(**doc.get("thresholds", {}))
+        given = {LEGACY_THRESHOLDS.get(k, k): v for k, v in doc.get("thresholds", {}).items()}
+        doc["thresholds"] = Thresholds(**given)
         return cls(**doc)
 
 
@@ -133,13 +140,19 @@ def parse_plan(doc: dict[str, Any], *, candidate: str | None, versions: list[str
                                   ("shadow_analyses", 1, 1000, True), ("bake_analyses", 1, 1000, True)):
         if name in doc:
             kwargs[name] = _number(doc, name, lo, hi, integer)
-    for name in ("manual_promotion", "preview_analysis"):
+    for name in ("manual_promotion", "preview_analysis", "require_evidence"):
         if name in doc:
             kwargs[name] = _flag(doc, name)
     if "thresholds" in doc:
         given = doc["thresholds"]
         if not isinstance(given, dict):
             raise Unprocessable('"thresholds" must be an object', code="invalid_plan")
+        for old, new in LEGACY_THRESHOLDS.items():
+            if old in given:
+                if new in given:
+                    raise Unprocessable(f'"{old}" is the old name of "{new}": give one of them',
+                                        code="invalid_plan")
+                given = {**{k: v for k, v in given.items() if k != old}, new: given[old]}
         bad = sorted(set(given) - set(_THRESHOLD_LIMITS))
         if bad:
             raise Unprocessable(f"unknown threshold(s) {bad}; accepted: {', '.join(_THRESHOLD_LIMITS)}",

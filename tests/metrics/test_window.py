@@ -122,7 +122,7 @@ def test_window_is_the_difference_of_two_readings() -> None:
     stats = window(later, earlier)
     assert stats["v1"].requests == 150 and stats["v1"].errors == 3
     assert bucket_counts(stats["v1"].latency_buckets) == [
-        (le, 100.0 if le == 0.005 else 50.0 if le == 0.5 else 0.0) for le in DEFAULT_BOUNDS
+        (le, 100.0 if le == 0.004 else 50.0 if le == 0.32 else 0.0) for le in DEFAULT_BOUNDS
     ]
     assert (stats["v2"].requests, stats["v2"].agree, stats["v2"].disagree) == (30, 27, 3)
     assert (

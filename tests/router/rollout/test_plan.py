@@ -104,7 +104,7 @@ GOOD_PLANS = [
             "steps": (10, 50, 100),
             "interval_s": 1,
             "min_requests": 20,
-            "thresholds": Thresholds(max_p99_ratio=2.0, max_error_rate_increase=0.05),
+            "thresholds": Thresholds(max_latency_ratio=2.0, max_error_rate_increase=0.05),
         },
     ),
     ({"strategy": "canary", "steps": [100]}, {"steps": (100,)}),
