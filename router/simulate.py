@@ -186,6 +186,7 @@ class RunResult:
     exposure: int  # requests the candidate answered before the decision
     users_exposed: int
     analyses: int
+    max_weight: int  # the largest share of traffic (percent) the candidate had before the decision
 
 
 class _Run:
@@ -204,6 +205,7 @@ class _Run:
         self.user_draw = rng.random(n_users)
         self.exposed = np.zeros(n_users, dtype=bool)
         self.exposure = 0
+        self.max_weight = 0
         self.behaviour = {STABLE: (traffic.stable_error_rate, 1.0),
                           CANDIDATE: (traffic.candidate_error_rate, traffic.candidate_latency_factor)}
 
@@ -248,10 +250,13 @@ class _Run:
         routing = self.live.current.routing
         served = self.slots.served
         if routing.strategy == "canary" and routing.candidate:
+            self.max_weight = max(self.max_weight, routing.canary_weight)
             on = self.user_draw[users] < routing.canary_weight / 100.0
             self._serve(served[routing.candidate], users[on])
             self._serve(served[routing.stable], users[~on])
             return
+        if served[routing.stable] == CANDIDATE:
+            self.max_weight = 100
         self._serve(served[routing.stable], users)
         if routing.strategy == "shadow" and routing.candidate and routing.shadow_percent:
             mirrored = users[self.rng.random(len(users)) < routing.shadow_percent / 100.0]
@@ -270,7 +275,7 @@ class _Run:
         status = rollout.get("status", "running")
         analyses = sum(1 for d in rollout.get("decisions") or [] if "checks" in d)
         return RunResult(status if status in DONE else "undecided", float(s), self.exposure,
-                         int(self.exposed.sum()), analyses)
+                         int(self.exposed.sum()), analyses, self.max_weight)
 
 
 # -- many runs ----------------------------------------------------------------------------------
@@ -287,9 +292,16 @@ class Outcome:
         values = [getattr(r, name) for r in self.runs]
         return float(np.percentile(values, q)) if values else math.nan
 
+    def rolled_back_by(self, weight: int) -> float:
+        """Share of runs rolled back before the candidate's traffic share passed ``weight``."""
+        hits = sum(r.outcome in ("rolled_back", "aborted") and r.max_weight <= weight
+                   for r in self.runs)
+        return hits / len(self.runs) if self.runs else 0.0
+
     def summary(self) -> dict[str, Any]:
         return {
             "runs": len(self.runs),
+            "rolled_back_by_50": self.rolled_back_by(50),
             "promoted": self.share("promoted") + self.share("awaiting_promotion"),
             "rolled_back": self.share("rolled_back") + self.share("aborted"),
             "undecided": self.share("undecided"),
@@ -334,7 +346,8 @@ def format_summary(summary: dict[str, Any], rps: float) -> Sequence[str]:
     return (
         f"runs:                 {summary['runs']}",
         f"promoted:             {summary['promoted']:.1%}",
-        f"rolled back:          {summary['rolled_back']:.1%}",
+        f"rolled back:          {summary['rolled_back']:.1%} ({summary['rolled_back_by_50']:.1%} "
+        "before the candidate had more than 50 % of the traffic)",
         f"undecided:            {summary['undecided']:.1%}",
         f"to the decision:      p50 {minutes(summary['seconds_p50'])}, p95 {minutes(summary['seconds_p95'])}",
         f"exposure (requests):  p50 {summary['exposure_p50']:.0f}, p95 {summary['exposure_p95']:.0f} "
