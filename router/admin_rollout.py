@@ -37,11 +37,16 @@ def start_rollout() -> Response:
         raise Conflict(f"candidate slot {plan.candidate} is not ready (GET /ready failed); start "
                        "it first", code="candidate_not_ready")
 
+    try:
+        reading = ctx.source.read()  # the first phase's evidence begins now
+    except SourceUnavailable:
+        reading = None  # the controller reads the counts before its first analysis
+
     def mutate(snap: Snapshot) -> Snapshot:
         if snap.rollout and snap.rollout.get("status") in ACTIVE:
             raise Conflict(f"rollout {snap.rollout['id']} is {snap.rollout['status']}; pause/resume it or "
                            "POST /admin/rollback to abort it first", code="rollout_active")
-        rollout, changes = new_rollout(plan, snap, time.time(), served)
+        rollout, changes = new_rollout(plan, snap, time.time(), served, reading)
         return Snapshot(snap.config_version, replace(snap.routing, **changes), rollout)
 
     snap = ctx.live.change(mutate, actor=_actor(), action="rollout.start", reason=reason,

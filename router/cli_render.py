@@ -118,14 +118,34 @@ def _progress(rollout: dict[str, Any], state: dict[str, Any]) -> str:
     return text
 
 
+def check_text(check: dict[str, Any]) -> str:
+    """One sub-check: its name, estimate, confidence interval, limit and decision."""
+    text = f"{check.get('name')} {_num(check.get('value'))}"
+    interval = check.get("interval")
+    if interval:
+        low, high = (_num(x) if x is not None else "?" for x in interval)
+        text += f" [{low}, {high}]"
+    return f"{text} (limit {_num(check.get('threshold'))}) {check.get('decision')}"
+
+
+def waiting_text(verdict: dict[str, Any]) -> str:
+    """While an analysis waits: the further requests (and minutes) expected to a decision."""
+    if verdict.get("decision") != "wait" or verdict.get("needed_requests") is None:
+        return ""
+    text = f"; about {verdict['needed_requests']} more requests"
+    if verdict.get("needed_minutes") is not None:
+        text += f" (~{verdict['needed_minutes']:g} min at the current rate)"
+    return text
+
+
 def verdict_line(decision: dict[str, Any] | None) -> str:
     if not decision:
         return "none yet"
-    checks = "; ".join(f"{c.get('name')} {_num(c.get('value'))} (limit {_num(c.get('threshold'))}) "
-                       f"{c.get('decision')}" for c in decision.get("checks") or [])
+    checks = "; ".join(check_text(c) for c in decision.get("checks") or [])
     verdict, action = decision.get("decision"), decision.get("action")
     head = f"{verdict} -> {action}" if action != verdict else str(verdict)
     head += f" at {_clock(decision.get('time'))}"
+    head += waiting_text(decision)
     return f"{head}: {checks}" if checks else head
 
 
@@ -173,9 +193,11 @@ def render_watch(state: dict[str, Any], analysis: dict[str, Any]) -> str:
     """One refresh of ``watch``: progress, split, per-version statistics, live verdict."""
     now = datetime.now(UTC).strftime("%H:%M:%S")
     body = render_analysis(analysis).replace("\n", "\n  ")
-    verdict = (analysis.get("verdict") or {}).get("decision", "-")
+    live = analysis.get("verdict") or {}
+    verdict = live.get("decision", "-") + waiting_text(live)
+    checks = "; ".join(check_text(c) for c in live.get("checks") or [])
     return (f"[{now}] {_progress(state.get('rollout') or {}, state)}; split {_split(state)}\n"
-            f"  {body}\n  live verdict: {verdict}")
+            f"  {body}\n  live verdict: {verdict}" + (f": {checks}" if checks else ""))
 
 
 def render_idle(rollout: dict[str, Any] | None) -> str:

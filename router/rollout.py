@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -41,6 +42,7 @@ from router.rollout_step import (
     analyse,
     analysis_due,
     apply_routing,
+    begin_evidence,
     failed,
     first_phase,
     next_step,
@@ -66,12 +68,13 @@ class Skip(Exception):
 
 
 def new_rollout(plan: RolloutPlan, snap: Snapshot, now: float,
-                served: dict[str, str | None] | None = None
+                served: dict[str, str | None] | None = None, reading: Reading | None = None
                 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The initial rollout document and routing changes for ``plan``.
 
     ``served`` is the version each slot serves now. A plan naming a ``version`` for the candidate's
-    slot starts in phase ``load``, which loads it there and changes no traffic.
+    slot starts in phase ``load``, which loads it there and changes no traffic. ``reading`` (the
+    counts now) begins the first phase's evidence; without it the controller reads them first.
     """
     routing = snap.routing
     served = served or {}
@@ -93,6 +96,8 @@ def new_rollout(plan: RolloutPlan, snap: Snapshot, now: float,
         "reference": None, "restore_version": None, "versions": versions, "release": release,
         "evidence": None, "step_counts": None, "analysed_at": None,
     }
+    if reading is not None and phase != "load":
+        rollout.update(begin_evidence(rollout, plan, replace(routing, **changes), reading, now))
     return rollout, changes
 
 
@@ -184,9 +189,14 @@ class RolloutController:
             slot = plan.candidate
             reported = self.slots.ask(slot)
             loaded = reported == plan.version and self.ready(slot)
+            reading = None
             if loaded:
                 self.slots.refresh(slot)
-            return Observation(loaded=loaded, reported=reported)
+                try:
+                    reading = self.source.read()  # the first phase's evidence begins now
+                except SourceUnavailable:
+                    pass
+            return Observation(reading=reading, loaded=loaded, reported=reported)
         moved = self._slot_moved(rollout, now)
         if moved:
             return Observation(moved=moved)
@@ -239,7 +249,7 @@ class RolloutController:
 
         try:
             return self.live.change(mutate, actor=ACTOR, action=f"rollout.{step.action}", reason=None,
-                                    evidence=None if step.quiet else orjson.loads(orjson.dumps(entry)))
+                                    evidence=orjson.loads(orjson.dumps(entry)))
         except Skip:
             return self.live.current
 

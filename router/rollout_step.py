@@ -112,8 +112,8 @@ def _involved(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState)
     return [_slot_version(rollout, s) for s in slots]
 
 
-def _baseline(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState,
-              reading: Reading, now: float) -> dict[str, Any]:
+def begin_evidence(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState,
+                   reading: Reading, now: float) -> dict[str, Any]:
     """Rollout updates that begin a phase's evidence (and its first step) at ``reading``."""
     counts = counts_doc(reading, _involved(rollout, plan, routing))
     return {"evidence": {"since": now, "counts": counts}, "step_counts": counts,
@@ -230,13 +230,13 @@ def next_step(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState,
         return None
     phase = rollout["phase"]
     if phase == "load":
-        return _load_step(rollout, plan, seen, now)
+        return _load_step(rollout, plan, routing, seen, now)
     if seen.moved:
         return abort(seen.moved)
     if rollout.get("evidence") is None:
         if seen.reading is None:
             return None
-        return Step("observe", _baseline(rollout, plan, routing, seen.reading, now), quiet=True)
+        return Step("observe", begin_evidence(rollout, plan, routing, seen.reading, now), quiet=True)
     if verdict is None or seen.reading is None:
         return None
     if verdict.decision == WAIT:
@@ -278,12 +278,12 @@ def _passed(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState, r
                                  **_new_step(rollout, plan, routing, reading, now)}, verdict)
         if plan.strategy == "blue-green":
             return Step("shadow-passed", {"phase": "reference", "passed_in_phase": 0,
-                                          **_baseline(rollout, plan, routing, reading, now)},
+                                          **begin_evidence(rollout, plan, routing, reading, now)},
                         verdict, routing={"strategy": "blue-green", "shadow_percent": 0})
         if plan.steps[0] >= 100:
             return _promote(plan, verdict)
         return Step("advance", {"phase": "canary", "step": 0, "passed_in_phase": 0,
-                                **_baseline(rollout, plan, routing, reading, now)}, verdict,
+                                **begin_evidence(rollout, plan, routing, reading, now)}, verdict,
                     routing={"strategy": "canary", "shadow_percent": 0,
                              "canary_weight": plan.steps[0]})
     if phase == "reference":
@@ -309,7 +309,7 @@ def _switch(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState, r
     """Blue-green: all traffic to the candidate; release-in-place: reload stable's service."""
     if plan.strategy == "blue-green":
         after = replace(routing, stable=plan.candidate)
-        begin = _baseline(rollout, plan, after, reading, now)
+        begin = begin_evidence(rollout, plan, after, reading, now)
         not_ready = Step("abort-not-ready", {"status": "rolled_back", "phase": "done"}, verdict,
                          routing={"shadow_percent": 0}, decision="rollback")
         return Step("switch", {"phase": "bake", "passed_in_phase": 0, "reference": reference,
@@ -318,7 +318,7 @@ def _switch(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState, r
     slot = routing.stable
     target = plan.release_version or plan.candidate
     versions = {**(rollout.get("versions") or {}), slot: target}
-    begin = _baseline({**rollout, "versions": versions}, plan, routing, reading, now)
+    begin = begin_evidence({**rollout, "versions": versions}, plan, routing, reading, now)
     failed = Step("abort-reload-failed", {"status": "rolled_back", "phase": "done",
                                           "error": "{error}"}, verdict, decision="rollback")
     return Step("reload", {"phase": "bake", "passed_in_phase": 0, "reference": reference,
@@ -327,8 +327,8 @@ def _switch(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState, r
                 on_failure=failed)
 
 
-def _load_step(rollout: dict[str, Any], plan: RolloutPlan, seen: Observation,
-               now: float) -> Step | None:
+def _load_step(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState,
+               seen: Observation, now: float) -> Step | None:
     """Load the plan's version into the candidate's slot; then start the plan's first phase."""
     slot, version = plan.candidate, str(plan.version)
     load = rollout.get("load") or {}
@@ -339,9 +339,13 @@ def _load_step(rollout: dict[str, Any], plan: RolloutPlan, seen: Observation,
     if seen.loaded:
         phase, changes = first_phase(plan)
         versions = {**(rollout.get("versions") or {}), slot: version}
-        return Step("loaded", {"phase": phase, "versions": versions, "evidence": None,
-                               "load": {**load, "loaded_at": now}}, routing=changes,
-                    detail={"slot": slot, "version": version})
+        updates = {"phase": phase, "versions": versions, "evidence": None,
+                   "load": {**load, "loaded_at": now}}
+        if seen.reading is not None:
+            routing = apply_routing(routing, changes, None)
+            updates.update(begin_evidence({**rollout, "versions": versions}, plan, routing,
+                                          seen.reading, now))
+        return Step("loaded", updates, routing=changes, detail={"slot": slot, "version": version})
     if now - float(load.get("requested_at", now)) > LOAD_BUDGET_S:
         return abort(f"slot {slot} reports {seen.reported or 'no version'}, not {version}, "
                      f"{LOAD_BUDGET_S:g} s after it was asked to load it")

@@ -196,7 +196,8 @@ class _Run:
         self.slots = _Slots()
         self.source = _Source()
         routing = RoutingState("release-in-place", stable=STABLE, candidate=None)
-        rollout, changes = new_rollout(plan, Snapshot(1, routing), 0.0, dict(self.slots.served))
+        rollout, changes = new_rollout(plan, Snapshot(1, routing), 0.0, dict(self.slots.served),
+                                       self.source.read())
         self.live = _Live(Snapshot(1, replace(routing, **changes), rollout))
         pools = {s: _Service(s, self.slots) for s in (STABLE, CANDIDATE)}
         self.controller = RolloutController(self.live, self.source, pools, _Metrics(), "sim",

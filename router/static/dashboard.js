@@ -241,13 +241,16 @@
   }
 
   function checkItem(check) {
-    const text = `${check.name}: ${check.value ?? "—"} (${comparator(check.name)} ${check.threshold ?? "—"})`;
+    const bounds = check.interval ? ` [${check.interval.map((x) => x ?? "?").join(", ")}]` : "";
+    const text = `${check.name}: ${check.value ?? "—"}${bounds} (${comparator(check.name)} ${check.threshold ?? "—"})`;
     return h("li", { title: check.detail || "" },
       h("span", { className: "badge", "data-tone": TONES[check.decision] || "" }, check.decision),
       text, check.detail ? h("small", { className: "muted" }, " · " + check.detail) : null);
   }
 
-  const samples = (entry) => Object.entries(entry.samples || {}).map(([k, v]) => `${k} ${v}`).join(" · ");
+  const samples = (entry) => Object.entries(entry.samples || {}).map(([k, v]) => `${k} ${v}`).join(" · ") +
+    (entry.needed_requests != null ? ` · about ${entry.needed_requests} more requests` +
+      (entry.needed_minutes != null ? ` (~${entry.needed_minutes} min)` : "") + " to a decision" : "");
 
   function renderRollout(rollout, verdict) {
     const badge = $("#rollout-status");

@@ -120,7 +120,7 @@ def test_start_from_flags_then_pause_resume_and_abort(rollout: Runner,
     plan = admin_get(stack, "/admin/rollout")["rollout"]["plan"]
     assert (plan["steps"], plan["interval_s"], plan["min_requests"]) == ([5, 25, 50, 100], 60, 7)
     assert (plan["max_failed_analyses"], plan["manual_promotion"]) == (2, True)
-    assert plan["thresholds"]["max_p99_ratio"] == 2.5
+    assert plan["thresholds"]["max_latency_ratio"] == 2.5  # the old name, accepted
     assert plan["thresholds"]["max_error_rate_increase"] == 0.01
 
     paused = rollout("pause", "--reason", "lunch")
@@ -148,7 +148,7 @@ def test_start_from_a_plan_file_with_a_flag_override(rollout: Runner, stack: Ser
     assert result.code == 0, result.err
     plan = admin_get(stack, "/admin/rollout")["rollout"]["plan"]
     assert (plan["steps"], plan["min_requests"], plan["interval_s"]) == ([10, 50, 100], 20, 45)
-    assert plan["thresholds"]["max_p99_ratio"] == 3
+    assert plan["thresholds"]["max_latency_ratio"] == 3  # the old name, accepted
 
 
 def test_events_table_and_json(rollout: Runner) -> None:

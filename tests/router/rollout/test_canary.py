@@ -73,10 +73,15 @@ def test_a_good_candidate_is_promoted_through_every_step(shared: Stack) -> None:
     ]
     for d in decisions:
         assert d["samples"]["stable_requests"] >= 30 and d["samples"]["candidate_requests"] >= 30
-        errors, latency = check_named(d, "error_rate_increase"), check_named(d, "latency_p99_ratio")
-        assert errors["decision"] == latency["decision"] == "pass"
-        assert (errors["threshold"], latency["threshold"]) == (0.02, 1.5)
-        assert errors["value"] is not None and latency["value"] is not None
+        errors = check_named(d, "error_rate_increase")
+        assert errors["decision"] == "pass" and errors["threshold"] == 0.02
+        low, high = errors["interval"]
+        assert low <= errors["value"] <= high  # the estimate lies in its confidence interval
+        for name in ("latency_p50", "latency_p99"):
+            latency = check_named(d, name)
+            # each quantile's own estimate and limit, in ms: the limit is 1.5x stable's or +25 ms
+            assert latency["decision"] == "pass" and latency["value"] is not None
+            assert latency["threshold"] >= 25.0
     waits = [d for d in rollout["decisions"] if d["action"] == "wait"]
     for d in waits:
         assert d["decision"] == "wait" and check_named(d, "sample_size")["value"] < 30
@@ -88,7 +93,7 @@ def test_a_good_candidate_is_promoted_through_every_step(shared: Stack) -> None:
     wait_all_answered_by(router.url, "v2")
 
     # every decision is an audit event carrying its evidence
-    events = admin.rollout_events()
+    events = [e for e in admin.rollout_events() if e["action"] != "rollout.observe"]
     assert [e["action"] for e in events if e["action"] != "rollout.wait"] == [
         "rollout.start",
         "rollout.advance",
@@ -110,11 +115,11 @@ def test_a_good_candidate_is_promoted_through_every_step(shared: Stack) -> None:
     ("fault", "steps", "failing_check"),
     [
         ({"FAULT_ERROR_RATE": "0.2"}, [10, 50, 100], "error_rate_increase"),
-        ({"FAULT_LATENCY_MS": "300"}, [20, 50, 100], "latency_p99_ratio"),
+        ({"FAULT_LATENCY_MS": "300"}, [20, 50, 100], "latency_p50"),
     ],
     ids=["errors", "latency"],
 )
-def test_a_bad_candidate_is_rolled_back_at_its_first_failing_analysis(
+def test_a_bad_candidate_is_rolled_back_on_evidence_of_harm(
     fault: dict[str, str],
     steps: list[int],
     failing_check: str,
@@ -134,11 +139,15 @@ def test_a_bad_candidate_is_rolled_back_at_its_first_failing_analysis(
         wait_all_answered_by(router.url, "v1")
     assert rollout["status"] == "rolled_back"
     decisions = judged(rollout)
-    assert [(d["action"], d["step"], d["decision"]) for d in decisions] == [("rollback", 0, "fail")]
-    failed = [c["name"] for c in decisions[0]["checks"] if c["decision"] == "fail"]
-    assert failed == [failing_check]
-    found = check_named(decisions[0], failing_check)
-    assert found["value"] > found["threshold"]
+    # passing steps (no evidence of harm yet) may come first; the candidate never reaches 100 %
+    *passed, last = decisions
+    assert all(d["action"] == "advance" and d["decision"] == "pass" for d in passed)
+    assert (last["action"], last["decision"]) == ("rollback", "fail")
+    failed = [c["name"] for c in last["checks"] if c["decision"] == "fail"]
+    assert failing_check in failed
+    found = check_named(last, failing_check)
+    # harm is shown: the whole confidence interval lies beyond the limit
+    assert found["value"] > found["threshold"] and found["interval"][0] > found["threshold"]
 
     state = admin.state()
     assert (state["stable"], state["canary_weight"], state["weights"]) == (
@@ -150,9 +159,9 @@ def test_a_bad_candidate_is_rolled_back_at_its_first_failing_analysis(
     assert all(r.status_code == 200 and r.headers["X-Model-Version"] == "v1" for r in after)
 
     # the candidate hurt fewer clients than its share of the traffic in that window
-    window = traffic.between(started, decisions[0]["time"])
+    window = traffic.between(started, last["time"])
     failures = [s for s in window if s.status != 200]
-    assert len(failures) < steps[0] / 100 * len(window)
+    assert len(failures) < steps[len(passed)] / 100 * len(window)
     if "FAULT_ERROR_RATE" in fault:
         assert failures, "the faulty candidate answered some clients"
         assert all(s.version == "v2" for s in failures)
@@ -160,7 +169,7 @@ def test_a_bad_candidate_is_rolled_back_at_its_first_failing_analysis(
     samples = scrape(router.url)
     assert metric(samples, "router_rollout_decisions_total", decision="fail") == 1
     assert metric(samples, "router_rollout_decisions_total", decision="rollback") == 1
-    assert metric(samples, "router_rollout_decisions_total", decision="pass") == 0
+    assert metric(samples, "router_rollout_decisions_total", decision="pass") == len(passed)
     (event,) = [e for e in admin.events() if e["action"] == "rollout.rollback"]
     assert event["evidence"] == rollout["decisions"][-1]
     assert event["new"]["canary_weight"] == 0
