@@ -210,41 +210,61 @@ def disagreements(requests: list[Request], locust: dict[str, tuple[int, int]]) -
 
 @dataclass(frozen=True)
 class Series:
-    """Per-second series of a run, for the plots (x: seconds since the release)."""
+    """Per-second series of a run, for the plots (x: seconds since the release).
 
-    seconds: list[float]
-    p50: list[float | None]
-    p95: list[float | None]
-    p99: list[float | None]
+    Only whole seconds under load are in it: the run starts and ends mid-second, and a bin the
+    load covered in part would show too few requests and a skewed failure share.
+    """
+
+    seconds: list[float]  # the start of each bin
+    bin_s: float
+    latency_ms: dict[str, tuple[list[float | None], ...]]  # answering version -> p50, p95, p99
     error_rate: list[float | None]  # percent
     answers: dict[str, list[int]]  # per second: "v1"/"v2" (the model that answered) and "failed"
 
 
 def series(requests: list[Request], timeline: Timeline, bin_s: float = 1.0) -> Series:
+    """Bins of ``bin_s`` seconds aligned on the release, those the load covered from end to end.
+
+    >>> rows = [Request(10.0 + i / 10, "u", "v1", "v1", 200, 5.0, False) for i in range(25)]
+    >>> s = series(rows, Timeline("good", "canary", "v1", "v2", False, 0.0, 10.0, 13.0))
+    >>> s.seconds, s.answers
+    ([0.0, 1.0], {'v1': [10, 10]})
+    """
     if not requests:
-        return Series([], [], [], [], [], {})
-    first = min(r.start for r in requests)
-    last = max(r.start for r in requests)
-    offset = math.floor((first - timeline.release) / bin_s)
-    count = math.floor((last - timeline.release) / bin_s) - offset + 1
+        return Series([], bin_s, {}, [], {})
+    first = min(r.start for r in requests) - timeline.release
+    last = max(r.start for r in requests) - timeline.release
+    offset = math.ceil(first / bin_s)
+    count = max(0, math.floor(last / bin_s) - offset)
     bins: list[list[Request]] = [[] for _ in range(count)]
     for r in requests:
-        bins[math.floor((r.start - timeline.release) / bin_s) - offset].append(r)
-    kinds = sorted({_answer(r) for r in requests}, key=lambda k: (k == "failed", k))
+        i = math.floor((r.start - timeline.release) / bin_s) - offset
+        if 0 <= i < count:
+            bins[i].append(r)
+    kinds = sorted({_answer(r) for b in bins for r in b}, key=lambda k: (k == "failed", k))
+    versions = sorted({_served_by(r) for b in bins for r in b})
 
     def pct(rows: list[Request], q: float) -> float | None:
         return percentile([r.ms for r in rows], q) if rows else None
 
+    def latency(version: str) -> tuple[list[float | None], ...]:
+        mine = [[r for r in b if _served_by(r) == version] for b in bins]
+        return tuple([pct(rows, q) for rows in mine] for q in QUANTILES)
+
     return Series(
         seconds=[(offset + i) * bin_s for i in range(count)],
-        p50=[pct(b, 0.5) for b in bins], p95=[pct(b, 0.95) for b in bins],
-        p99=[pct(b, 0.99) for b in bins],
+        bin_s=bin_s,
+        latency_ms={v: latency(v) for v in versions},
         error_rate=[100.0 * sum(r.failed for r in b) / len(b) if b else None for b in bins],
         answers={k: [sum(_answer(r) == k for r in b) for b in bins] for k in kinds},
     )
 
 
-def _answer(request: Request) -> str:
-    if request.failed:
-        return "failed"
+def _served_by(request: Request) -> str:
+    """The version whose service gave the answer: the model's own name, else the router's."""
     return request.model_version or request.version
+
+
+def _answer(request: Request) -> str:
+    return "failed" if request.failed else _served_by(request)

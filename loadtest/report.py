@@ -15,7 +15,7 @@ import argparse
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadtest.compare_measures import (
     LOCUST_PREFIX,
@@ -29,6 +29,9 @@ from loadtest.compare_measures import (
     series,
 )
 from loadtest.compare_release import RELEASES, SCENARIOS, THRESHOLDS, Release
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MANIFEST = "comparison.json"
 FINDINGS = "findings.md"
@@ -74,49 +77,107 @@ def _markdown_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def plot_run(path: Path, title: str, timeline: Timeline, requests: list[Any]) -> None:
-    """Latency, error rate and traffic per version over time, release and decisions marked."""
+# Stable in blues, the candidate in oranges (darkest for p50); the markers use colours no data has.
+STABLE_SHADES, STABLE_BAR = ("#08306b", "#2171b5", "#6baed6"), "tab:blue"
+CANDIDATE_SHADES, CANDIDATE_BAR = ("#7f2704", "#d94801", "#fd8d3c"), "tab:orange"
+OTHER_SHADES, OTHER_BAR = ("#252525", "#636363", "#969696"), "tab:gray"
+FAILED_COLOUR = "tab:red"
+QUANTILE_STYLES = (("p50", "-"), ("p95", "--"), ("p99", ":"))
+RELEASE_MARK = ("black", "-.")
+FULL_RELEASE_MARK = ("tab:green", "--")
+ROLLBACK_MARK = ("tab:olive", "--")
+DECISION_MARK = ("tab:purple", "-")
+
+
+def _ms_label(value: float, _position: float) -> str:
+    return f"{value:g}"
+
+
+def _decision_label(timeline: Timeline) -> str:
+    if timeline.outcome.startswith("no decision"):
+        return "rolled back by hand: no decision in time"
+    if timeline.rollback is not None and timeline.rollback == timeline.decided:
+        return "decision: rolled back"
+    return "decision: promoted" if timeline.outcome == "promoted" else "decision"
+
+
+def _marks(timeline: Timeline) -> list[tuple[float, str, tuple[str, str]]]:
+    """(seconds since the release, legend label, (colour, linestyle)) of each moment to mark."""
+    marks = [(0.0, "release", RELEASE_MARK)]
+    if timeline.full_release is not None and timeline.full_release != timeline.decided:
+        marks.append((timeline.full_release - timeline.release, "v2 takes all traffic",
+                      FULL_RELEASE_MARK))
+    if timeline.rollback is not None and timeline.rollback != timeline.decided:
+        marks.append((timeline.rollback - timeline.release, "rolled back", ROLLBACK_MARK))
+    if timeline.decided is not None:
+        marks.append((timeline.decided - timeline.release, _decision_label(timeline), DECISION_MARK))
+    return marks
+
+
+def draw_run(title: str, timeline: Timeline, requests: list[Any]) -> Figure:
+    """Latency per version, failed share and answers per second, with the release and decision marked.
+
+    >>> fig = draw_run("good / canary", Timeline.load(folder), read_requests(folder))  # doctest: +SKIP
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     s = series(requests, timeline)
-    fig, (lat, err, rps) = plt.subplots(3, 1, figsize=(9, 7), sharex=True,
+    edges = [*s.seconds, s.seconds[-1] + s.bin_s] if s.seconds else []
+
+    def steps(values: list[Any]) -> list[float]:  # the last value repeated to close its bin
+        plain = [float("nan") if v is None else float(v) for v in values]
+        return plain + plain[-1:]
+
+    fig, (lat, err, rps) = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True,
                                         gridspec_kw={"height_ratios": [3, 2, 2]})
-    for values, label, style in ((s.p50, "p50", "-"), (s.p95, "p95", "--"), (s.p99, "p99", ":")):
-        lat.plot(s.seconds, [float("nan") if v is None else v for v in values], style, label=label,
-                 drawstyle="steps-post")
+    shades_of = {timeline.stable: STABLE_SHADES, timeline.candidate: CANDIDATE_SHADES}
+    bar_colours = {timeline.stable: STABLE_BAR, timeline.candidate: CANDIDATE_BAR,
+                   "failed": FAILED_COLOUR}
+    for version, quantiles in s.latency_ms.items():
+        shades = shades_of.get(version, OTHER_SHADES)
+        for values, (name, style), colour in zip(quantiles, QUANTILE_STYLES, shades, strict=True):
+            lat.plot(edges, steps(values), linestyle=style, color=colour, drawstyle="steps-post",
+                     linewidth=1.3, label=f"{version} {name}")
     lat.set_yscale("log")
+    lat.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    lat.yaxis.set_major_formatter(FuncFormatter(_ms_label))
+    lat.yaxis.set_minor_formatter(NullFormatter())
     lat.set_ylabel("latency (ms)")
-    err.step(s.seconds, [float("nan") if v is None else v for v in s.error_rate], where="post",
-             color="tab:red")
+    err.plot(edges, steps(s.error_rate), drawstyle="steps-post", color=FAILED_COLOUR)
     err.set_ylabel("failed (%)")
     worst = max((v for v in s.error_rate if v is not None), default=0.0)
     err.set_ylim(0, max(5.0, worst * 1.1))
     bottom = [0] * len(s.seconds)
-    colours = {timeline.stable: "tab:blue", timeline.candidate: "tab:orange", "failed": "tab:red"}
     for kind, counts in s.answers.items():
-        rps.bar(s.seconds, counts, width=1.0, align="edge", bottom=bottom, color=colours.get(kind, "tab:gray"),
+        rps.bar(s.seconds, counts, width=s.bin_s, align="edge", bottom=bottom,
+                color=bar_colours.get(kind, OTHER_BAR),
                 label=f"answered by {kind}" if kind != "failed" else "failed")
         bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
     rps.set_ylabel("requests/s")
-    rps.set_xlabel("seconds since the release")
-    marks = [(0.0, "release", "tab:red", "--")]
-    for moment, label, colour in ((timeline.full_release, "v2 takes all traffic", "tab:orange"),
-                                  (timeline.rollback, "rolled back", "tab:purple"),
-                                  (timeline.decided, "decision", "tab:green")):
-        if moment is not None:
-            marks.append((moment - timeline.release, label, colour, ":"))
+    rps.set_xlabel("seconds since the release (whole seconds under load)")
     for ax in (lat, err, rps):
-        for x, label, colour, style in marks:
-            ax.axvline(x, color=colour, linestyle=style, linewidth=1.2,
+        for x, label, (colour, style) in _marks(timeline):
+            ax.axvline(x, color=colour, linestyle=style, linewidth=1.5,
                        label=label if ax is lat else None)
         ax.grid(alpha=0.3)
-    lat.legend(loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=8, ncol=7, frameon=False)
+    # a column per version (p50, p95, p99 under each other), then one for the moments marked
+    lat.legend(loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=8, ncol=len(s.latency_ms) + 1,
+               frameon=False)
     rps.legend(loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=8, ncol=3, frameon=False)
     fig.suptitle(f"{title}: {timeline.outcome}", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_run(path: Path, title: str, timeline: Timeline, requests: list[Any]) -> None:
+    """Save :func:`draw_run`'s figure as a PNG at ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_run(title, timeline, requests)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -229,9 +290,11 @@ def _scenario_section(out: Path, target: Path, scenario_name: str,
     if notes:
         lines += ["", *notes]
     if plots:
-        lines += ["", ("Per second: latency (p50, p95, p99), share of failed requests, and "
-                       "answers by the model version that gave them (the body's `model_version`) "
-                       "with failures on top; the release is the red dashed line at 0:"), "",
+        lines += ["", ("Per whole second under load: latency of the answers each version gave "
+                       "(p50 solid, p95 dashed, p99 dotted; v1 blue, v2 orange), share of failed "
+                       "requests, and answers by the model version that gave them (the body's "
+                       "`model_version`) with failures on top. The release is the black dash-dot "
+                       "line at 0, the final decision the purple line:"), "",
                   *plots]
     return lines
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.compare_measures import Request, Timeline, exposed, measure, percentile, phase_of
+from loadtest.compare_measures import Request, Timeline, exposed, measure, percentile, phase_of, series
 
 
 def _timeline(**fields: object) -> Timeline:
@@ -90,3 +90,44 @@ def test_compare_refuses_an_output_folder_it_cannot_create(tmp_path: Path, capsy
     blocker.write_text("not a folder")
     assert main(["--scenarios", "good", "--strategies", "canary", "--out", str(blocker / "out")]) == 2
     assert "cannot create the output folder" in capsys.readouterr().err
+
+
+def _steady(first: float, last: float, every: float = 0.1, **fields: object) -> list[Request]:
+    """One request every ``every`` seconds from ``first`` to ``last`` (inclusive)."""
+    count = round((last - first) / every) + 1
+    return [_req(round(first + i * every, 6), **fields) for i in range(count)]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("first, last, seconds", [
+    (7.55, 12.35, [-2.0, -1.0, 0.0, 1.0]),  # starts and ends mid-second: both partial ones dropped
+    (8.0, 12.35, [-2.0, -1.0, 0.0, 1.0]),  # starts on a whole second: that one is whole
+    (7.6, 12.0, [-2.0, -1.0, 0.0, 1.0]),  # the last request, at 12.0, closes [1, 2)
+    (10.2, 10.9, []),  # no whole second under load
+])
+def test_series_keeps_only_whole_seconds_under_load(first: float, last: float,
+                                                    seconds: list[float]) -> None:
+    s = series(_steady(first, last), _timeline())
+    assert s.seconds == seconds
+    assert s.answers.get("v1", []) == [10] * len(seconds)
+
+
+def test_series_leaves_a_partial_last_second_out_of_the_failed_share() -> None:
+    # the load stops 0.25 s into a second whose few requests all failed: 100 % for that bar
+    requests = _steady(8.0, 11.95) + _steady(12.0, 12.2, failed=True)
+    s = series(requests, _timeline())
+    assert s.seconds == [-2.0, -1.0, 0.0, 1.0]
+    assert s.error_rate == [0.0, 0.0, 0.0, 0.0]
+    assert "failed" not in s.answers
+
+
+def test_series_latency_is_per_answering_version() -> None:
+    requests = (_steady(10.0, 11.95, every=0.05, ms=5.0)
+                + _steady(10.01, 11.96, every=0.05, version="v2", ms=50.0)
+                + _steady(10.02, 11.97, every=0.05, version="v2", failed=True, ms=80.0))
+    s = series(requests, _timeline(decided=20.0))
+    assert s.seconds == [0.0]  # the last request, at 11.97, ends no second after [0, 1)
+    p50, p95, p99 = s.latency_ms["v1"]
+    assert (p50, p95, p99) == ([5.0], [5.0], [5.0])
+    p50, p95, p99 = s.latency_ms["v2"]  # failures count for the service that gave them
+    assert (p50, p99) == ([50.0], [80.0])
+    assert s.answers == {"v1": [20], "v2": [20], "failed": [20]}
