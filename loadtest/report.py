@@ -223,12 +223,13 @@ def _intro(manifest: dict[str, Any]) -> list[str]:
         *(f"| {r.title} | {r.how} |" for r in used), "",
         (f"Rollout plans (`POST /admin/rollout`) use `interval_s` {manifest['interval_s']:g}, "
          f"`min_requests` {manifest['min_requests']}, `max_failed_analyses` 1 and the thresholds "
-         f"`{json.dumps(THRESHOLDS)}`. All but `max_p99_ratio` are the router's defaults; that one "
-         "is raised from 1.5 to 4 so that noise in the tails (Locust, the router and both model "
-         "services share one host) cannot fail a healthy v2; the slow v2 of the bad-latency "
-         "scenario is far beyond either limit. The "
-         "intervals are short so that a run takes about a minute; in production they would be "
-         "minutes."), "",
+         f"`{json.dumps(THRESHOLDS)}`, the router's defaults: a check fails only on evidence "
+         "(an anytime-valid confidence interval) of harm beyond them, and latency is harm only "
+         "when slower by more than the ratio and by more than the margin in milliseconds, so "
+         "the noise of a shared host (Locust, the router and both model services on one machine) "
+         "does not fail a healthy v2, while the slow v2 of the bad-latency scenario is far beyond "
+         "both. The intervals are short so that a run takes about a minute; in production they "
+         "would be minutes."), "",
         "## Measures", "",
         ("- **before / during / after**: requests by start time: before the release; from the "
          "release to the final decision (promotion or rollback; for a restart, until the new "
