@@ -294,11 +294,15 @@ def cmd_simulate(client: AdminClient, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"plan": plan.to_dict(), "traffic": traffic.__dict__, **summary}, indent=2))
         return EXIT_OK
-    source = f"replay of {args.replay}" if arrivals is not None else f"{args.rps:g} req/s"
+    rps = args.rps
+    if arrivals is not None:  # the log's own rate
+        rps = len(arrivals.times) / max(float(arrivals.times[-1]), 1.0)
+    source = (f"replay of {args.replay} ({rps:.3g} req/s)" if arrivals is not None
+              else f"{args.rps:g} req/s")
     print(f"{plan.strategy}, steps {','.join(map(str, plan.steps))}, analyses every "
           f"{plan.interval_s:g} s; {source}; errors stable {args.stable_error_rate:g}, candidate "
           f"{args.candidate_error_rate:g}; candidate latency x{args.candidate_latency_factor:g}")
-    print("\n".join(format_summary(summary, args.rps)))
+    print("\n".join(format_summary(summary, rps)))
     return EXIT_OK
 
 

@@ -137,7 +137,8 @@ def analyse(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState, r
     evidence = rollout.get("evidence") or {}
     since = window(reading, counts_of(evidence.get("counts")))
     step = window(reading, counts_of(rollout.get("step_counts")))
-    elapsed = max(now - float(evidence.get("since") or now), 1e-9)
+    since_t = evidence.get("since")
+    elapsed = max(now - (now if since_t is None else float(since_t)), 1e-9)
     empty = VersionCounts()
     stable_v = _slot_version(rollout, routing.stable)
     t = plan.thresholds
