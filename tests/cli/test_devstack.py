@@ -256,3 +256,26 @@ def test_make_reset_keeps_the_setup(tmp_path: Path, reset_tokens: str, kept: set
     left = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
     assert left == kept
     assert (tmp_path / "var").is_dir()
+
+
+def test_the_readme_canary_walkthrough_promotes_v2_with_the_default_thresholds(
+        start: Starter, tmp_path: Path) -> None:
+    """The README's flow as written: make run, Locust's users, a canary with every default."""
+    stack = start(tmp_path)
+    url, token = stack.up()
+    locust = subprocess.Popen(
+        [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"), "--host",
+         url, "--headless", "-u", "20", "-r", "20", "-t", "240s"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        started = run_script("start", "--strategy", "canary", "--steps", "10,50,100",
+                             "--interval", "10", "--reason", "release v2", url=url, token=token)
+        assert started.returncode == 0, started.stderr
+        watched = run_script("watch", "--give-up-after", "150", url=url, token=token)
+    finally:
+        locust.terminate()
+        locust.wait(30)
+    # v2 is slower than v1 by a millisecond or so: within the latency margin, so no harm
+    assert watched.returncode == 0, watched.stdout[-4000:] + watched.stderr
+    assert watched.stdout.splitlines()[-1].endswith("promoted; stable is now v2")
+    assert "latency_p50" in watched.stdout and "latency_p99" in watched.stdout

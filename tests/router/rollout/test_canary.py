@@ -175,6 +175,30 @@ def test_a_bad_candidate_is_rolled_back_on_evidence_of_harm(
     assert event["new"]["canary_weight"] == 0
 
 
+def test_both_versions_failing_five_percent_is_no_harm_and_the_canary_is_promoted(
+    start_service: StartService, start_router: StartRouter
+) -> None:
+    # the same error rate on both sides: no difference beyond max_error_rate_increase to show
+    v1 = start_service("v1", wait=False, FAULT_ERROR_RATE="0.05")
+    v2 = start_service("v2", wait=False, FAULT_ERROR_RATE="0.05")
+    router = start_router({"v1": v1.url, "v2": v2.url}, wait=False)
+    for server in (v1, v2, router):
+        server.wait_ready()
+    admin = Admin(router.url)
+    plan = {"strategy": "canary", "steps": [10, 50, 100], "interval_s": 1, "min_requests": 60}
+    with Traffic(router.url, threads=6) as traffic:
+        admin.start(plan)
+        rollout = admin.wait_done(timeout=120)
+    assert rollout["status"] == "promoted", judged(rollout)[-1]
+    failed = [s for s in traffic.sent if s.status != 200]
+    assert len(failed) >= 0.02 * len(traffic.sent), "the faults reached the clients"
+    for d in judged(rollout):
+        errors = check_named(d, "error_rate_increase")
+        low, high = errors["interval"]
+        assert low <= 0.02 and errors["decision"] == "pass"
+        assert d["samples"]["candidate_requests"] > 0
+
+
 def test_without_traffic_the_rollout_waits_and_pause_resume_abort_work(shared: Stack) -> None:
     router, admin = shared.router, shared.admin
     before = scrape(router.url)
