@@ -55,7 +55,10 @@ def assert_complete_evidence(verdict: Verdict) -> None:
         assert {"name", "decision", "value", "threshold", "detail", "interval", "proven"} <= set(
             doc
         )
-        assert doc["decision"] == item.decision and doc["threshold"] is not None
+        assert doc["decision"] == item.decision
+        # a latency limit is unknown (None) only while stable's own quantile is unbounded
+        assert doc["threshold"] is not None or (item.name.startswith("latency")
+                                                and item.decision != "fail")
         if item.name == "sample_size":
             assert doc["threshold"] == MIN and doc["value"] < MIN and doc["interval"] is None
         elif item.interval is not None:
@@ -225,12 +228,14 @@ def test_latency_fails_only_when_slower_by_the_ratio_and_the_margin(
     assert verdict.decision == decision
     for q, name in ((0.5, "latency_p50"), (0.99, "latency_p99")):
         found = check(verdict, name)
-        # value and threshold in ms: the candidate's quantile, and the most stable's allows
+        # value and threshold in ms: the candidate's quantile, and the most stable's allows: the
+        # limit of stable's upper bound (a bucket bound at or above its estimate)
         assert found.value == pytest.approx(quantile(c.latency_buckets, q) * 1e3, abs=1e-4)
-        limit = max(
-            quantile(s.latency_buckets, q) * 1e3 * 1.5, quantile(s.latency_buckets, q) * 1e3 + 25.0
-        )
-        assert found.threshold == pytest.approx(limit, abs=1e-4)
+        estimate = quantile(s.latency_buckets, q) * 1e3
+        if found.threshold is not None:
+            assert found.threshold >= max(estimate * 1.5, estimate + 25.0) - 1e-6
+            # harm shown means the candidate's whole interval lies above the limit
+            assert (found.decision == FAIL) == (found.interval[0] >= found.threshold)
         assert f"candidate {found.value:.3g} ms" in found.detail
         assert "1.5x and +25 ms" in found.detail
         if name in failing:
@@ -253,7 +258,7 @@ def test_the_absolute_margin_is_what_passes_a_fast_service_slower_by_a_milliseco
     ratio_only = judge(stable, candidate, replace(T, max_latency_increase_ms=0.0), min_requests=MIN)
     assert ratio_only.decision == FAIL
     assert check(ratio_only, "latency_p50").decision == FAIL
-    assert check(ratio_only, "latency_p50").threshold == pytest.approx(0.58 * 1.5, abs=0.05)
+    assert 0.58 * 1.5 <= check(ratio_only, "latency_p50").threshold <= 0.58 * 1.143 * 1.5
 
 
 def test_300_ms_slower_names_its_milliseconds() -> None:
