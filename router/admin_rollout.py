@@ -169,7 +169,7 @@ def analysis() -> Response:
     stats = window(reading, baseline)
     plan = RolloutPlan.from_dict(rollout["plan"]) if rollout else None
     thresholds = plan.thresholds if plan else Thresholds()
-    min_requests = plan.min_requests if plan else 50
+    min_requests = plan.min_requests if plan else RolloutPlan.min_requests
     routing = snap.routing
     recorded = rollout.get("versions") or {} if rollout.get("status") in ACTIVE else {}
 

@@ -76,8 +76,8 @@ def test_good_candidates_are_rarely_rolled_back(base: float, rps: float) -> None
     # the judge's promise: at most 1 % (confidence 0.99); tolerance 1 % + 1 SE over 100 runs
     assert summary["rolled_back"] <= 0.02
     assert summary["promoted"] >= 0.98
-    if rps == 200:  # one analysis per step before 100; at 5 req/s steps wait for 50 requests
-        assert summary["analyses_p50"] == 3 and summary["seconds_p95"] == 91
+    if rps == 200:  # one analysis per step before 100; at 5 req/s steps wait for their 100 requests
+        assert summary["analyses_p50"] == 3 and 89 <= summary["seconds_p95"] <= 91
 
 
 def test_the_fixed_margin_judge_rolls_back_good_candidates_far_more_often() -> None:
@@ -281,6 +281,6 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(
 
 def test_the_default_plan_is_the_one_the_targets_name() -> None:
     assert PLAN.strategy == "canary" and PLAN.steps == (10, 25, 50, 100)
-    assert PLAN.interval_s == 30 and PLAN.min_requests == 50 and PLAN.max_failed_analyses == 1
+    assert PLAN.interval_s == 30 and PLAN.min_requests == 100 and PLAN.max_failed_analyses == 1
     assert PLAN.thresholds.confidence == 0.99 and PLAN.candidate == "v2"
     assert np.isclose(PLAN.thresholds.max_error_rate_increase, 0.02)

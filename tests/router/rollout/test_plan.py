@@ -89,7 +89,7 @@ GOOD_PLANS = [
         {
             "steps": (10, 25, 50, 100),
             "interval_s": 30.0,
-            "min_requests": 50,
+            "min_requests": 100,
             "max_failed_analyses": 1,
             "manual_promotion": False,
         },

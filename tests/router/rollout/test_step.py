@@ -360,7 +360,7 @@ def test_an_advance_keeps_the_phase_evidence_and_renews_the_step() -> None:
     now = reading(5000, 700, 0)
     verdict = analyse(after, plan, apply_routing(routing, step.routing, None), now, NOW + 30)
     assert verdict.samples == {"stable_requests": 4000, "candidate_requests": 600}
-    # ... and the step needs min_requests (50) of its own: 20 new candidate requests wait
+    # ... and the step needs min_requests (100) of its own: 20 new candidate requests wait
     short = analyse(after, plan, routing, reading(5000, 420, 0), NOW + 30)
     assert short.decision == WAIT and short.checks[0].name == "sample_size"
     assert short.checks[0].value == 20 and short.samples["candidate_requests"] == 320
