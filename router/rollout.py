@@ -29,7 +29,7 @@ import orjson
 
 from metrics.analysis import FAIL, PASS, WAIT, Verdict, judge, judge_alone
 from metrics.sources import MetricSource, SourceUnavailable
-from metrics.window import Reading, VersionCounts, window
+from metrics.window import Reading, VersionCounts, counts_from_doc, counts_to_doc, window
 from router.live_state import LiveState, Snapshot
 from router.rollout_plan import RolloutPlan
 from router.slots import SlotVersions
@@ -103,20 +103,6 @@ class _Window:
     key: tuple[Any, ...]
     baseline: Reading
     started: float
-
-
-def counts_to_doc(counts: VersionCounts) -> dict[str, Any]:
-    doc = dict(counts.__dict__)
-    doc["latency_buckets"] = {str(k): v for k, v in counts.latency_buckets.items()}
-    doc["shadow_latency_buckets"] = {str(k): v for k, v in counts.shadow_latency_buckets.items()}
-    return doc
-
-
-def counts_from_doc(doc: dict[str, Any]) -> VersionCounts:
-    doc = dict(doc)
-    doc["latency_buckets"] = {float(k): v for k, v in doc.get("latency_buckets", {}).items()}
-    doc["shadow_latency_buckets"] = {float(k): v for k, v in doc.get("shadow_latency_buckets", {}).items()}
-    return VersionCounts(**doc)
 
 
 class RolloutController:
