@@ -64,7 +64,9 @@ class VersionCounts:
             latency_buckets=buckets(self.latency_buckets, other.latency_buckets),
             shadow_requests=self.shadow_requests + other.shadow_requests,
             shadow_errors=self.shadow_errors + other.shadow_errors,
-            shadow_latency_buckets=buckets(self.shadow_latency_buckets, other.shadow_latency_buckets),
+            shadow_latency_buckets=buckets(
+                self.shadow_latency_buckets, other.shadow_latency_buckets
+            ),
             agree=self.agree + other.agree,
             disagree=self.disagree + other.disagree,
         )
@@ -106,7 +108,7 @@ def counts_to_doc(counts: VersionCounts) -> dict[str, Any]:
 
 
 def counts_from_doc(doc: dict[str, Any]) -> VersionCounts:
-    """The counts :func:`counts_to_doc` wrote; fields it does not know (a newer router's) are left out."""
+    """The counts :func:`counts_to_doc` wrote; fields unknown here (a newer router's) stay out."""
     doc = {key: value for key, value in doc.items() if key in _FIELDS}
     doc["latency_buckets"] = {float(k): v for k, v in doc.get("latency_buckets", {}).items()}
     doc["shadow_latency_buckets"] = {
@@ -126,8 +128,8 @@ def reading_from_doc(doc: dict[str, dict[str, Any]]) -> Reading:
 def sum_readings(readings: Iterable[Reading]) -> Reading:
     """Per-version sum of several readings (of several router instances, say).
 
-        >>> both = sum_readings([{"v1": VersionCounts(requests=3)}, {"v1": VersionCounts(requests=4)}])
-        >>> both["v1"].requests
+        >>> one, other = {"v1": VersionCounts(requests=3)}, {"v1": VersionCounts(requests=4)}
+        >>> sum_readings([one, other])["v1"].requests
         7.0
     """
     summed: Reading = {}
