@@ -33,7 +33,14 @@ max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", str(max
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]
-    """Wipe the Prometheus multiprocess folder: stale worker files would skew every counter."""
+    """Wipe the Prometheus multiprocess folder: stale worker files would skew every counter.
+
+    The counters start again here, so this run gets a new id, which the workers inherit: a
+    router publishes its counts under it (``metrics.published``).
+    """
+    import uuid
+
+    os.environ["SERVICE_RUN_ID"] = uuid.uuid4().hex
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if folder:
         path = Path(folder)
@@ -44,12 +51,16 @@ def on_starting(server):  # type: ignore[no-untyped-def]
 
 
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
-    """In the exiting worker: write the request tallies it has not written yet."""
+    """In the exiting worker: write the request tallies it has not written yet, then publish the
+    router instance's counts if no other worker does (the last one out does)."""
     import sys
 
     router_metrics = sys.modules.get("metrics.router")
     if router_metrics is not None:
         router_metrics.flush_all()
+    published = sys.modules.get("metrics.published")
+    if published is not None:
+        published.finish_all()
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]

@@ -1,7 +1,8 @@
-"""Where the rollout controller reads per-version statistics: one small interface, two sources.
+"""Where the rollout controller reads per-version statistics: one small interface, three sources.
 
 ``LocalSource`` reads the router's own metrics (every worker process's, in multiprocess mode);
-``PrometheusSource`` asks a Prometheus server, which sees every router instance.
+``StoreSource`` adds up the counts every router instance publishes to the state store;
+``PrometheusSource`` asks a Prometheus server, which scrapes every router instance.
 
     >>> source = LocalSource(registry)            # doctest: +SKIP
     >>> reading = source.read()                    # {"v1": VersionCounts(...), ...}
@@ -12,18 +13,20 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 import requests
 from prometheus_client import CollectorRegistry
 from prometheus_client import multiprocess
 from prometheus_client.metrics_core import Metric
 
-from metrics.window import UNREACHABLE_REASONS, Reading, VersionCounts
+from metrics.published import CountsPublisher, document_total
+from metrics.window import UNREACHABLE_REASONS, Reading, VersionCounts, sum_readings
+from router.state.base import StateStoreError
 
 
 class SourceUnavailable(Exception):
-    """The statistics could not be read (Prometheus down or answering errors)."""
+    """The statistics could not be read (Prometheus or the state store down or answering errors)."""
 
 
 class MetricSource(Protocol):
@@ -108,6 +111,53 @@ class LocalSource:
             multiprocess.MultiProcessCollector(registry)
             return reading_from_metrics(registry.collect())
         return reading_from_metrics(self.registry.collect())
+
+
+class PublishedCounts(Protocol):
+    def published_counts(self) -> dict[str, dict[str, Any]]: ...
+
+
+class StoreSource:
+    """Statistics of every router instance, from the counts each publishes to the state store.
+
+    Sums every instance's latest document. An instance that stopped publishing stays in the sum
+    until its document expires, and, for a source that has seen it, at its last counts after that
+    (as Prometheus's ``increase`` counts on a series that vanished), so the totals never fall.
+    With this instance's ``publisher``, its own counts are this process's fresh ones, published
+    first when this process is the one that publishes.
+
+        >>> source = StoreSource(store, publisher, before_read=metrics.flush)  # doctest: +SKIP
+    """
+
+    def __init__(self, store: PublishedCounts, publisher: CountsPublisher | None = None,
+                 before_read: Callable[[], None] | None = None) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.before_read = before_read  # e.g. write this process's pending request tallies
+        self._lock = threading.Lock()
+        self._seen: dict[str, Reading] = {}  # instance -> its counts when last seen
+
+    def read(self) -> Reading:
+        if self.before_read is not None:
+            self.before_read()
+        publisher = self.publisher
+        try:
+            own = publisher.publish() if publisher is not None else None
+            documents = self.store.published_counts()
+        except StateStoreError as exc:
+            raise SourceUnavailable(
+                f"the counts of the router instances cannot be read: {exc}"
+            ) from None
+        if publisher is not None:
+            stored = documents.get(publisher.instance)
+            documents[publisher.instance] = own or publisher.document(stored)
+        with self._lock:
+            for instance, document in documents.items():
+                try:
+                    self._seen[instance] = document_total(document)
+                except (AttributeError, KeyError, TypeError, ValueError):
+                    continue  # not a counts document this router can read: leave it out
+            return sum_readings(self._seen.values())
 
 
 class PrometheusSource:

@@ -2,12 +2,14 @@
 
 A reading holds cumulative counters per version (requests, errors, latency histogram buckets,
 shadow outcomes). A window is ``later - earlier``; when a version's counters went down (a
-restarted router), that version counts from zero.
+restarted router), that version counts from zero. Readings of several router instances add up
+(``sum_readings``), and travel through the state store as JSON (``reading_to_doc``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from metrics.buckets import LATENCY_BUCKETS
@@ -38,19 +40,13 @@ class VersionCounts:
         return self.agree / total if total else None
 
     def to_doc(self) -> dict[str, Any]:
-        """A JSON document of these counts (bucket bounds as strings)."""
-        doc = dict(self.__dict__)
-        doc["latency_buckets"] = {str(k): v for k, v in self.latency_buckets.items()}
-        doc["shadow_latency_buckets"] = {str(k): v for k, v in self.shadow_latency_buckets.items()}
-        return doc
+        """These counts as JSON-ready data (see :func:`counts_to_doc`)."""
+        return counts_to_doc(self)
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> VersionCounts:
-        doc = dict(doc)
-        doc["latency_buckets"] = {float(k): v for k, v in doc.get("latency_buckets", {}).items()}
-        doc["shadow_latency_buckets"] = {float(k): v
-                                         for k, v in doc.get("shadow_latency_buckets", {}).items()}
-        return cls(**doc)
+        """The counts :meth:`to_doc` wrote (see :func:`counts_from_doc`)."""
+        return counts_from_doc(doc)
 
     def went_down(self, earlier: VersionCounts) -> bool:
         """True when any counter is below ``earlier``'s: the version's counters restarted."""
@@ -61,6 +57,28 @@ class VersionCounts:
                  (self.shadow_latency_buckets, earlier.shadow_latency_buckets))
         return any(value < before.get(le, 0.0)
                    for after, before in pairs for le, value in after.items())
+
+    def plus(self, other: VersionCounts) -> VersionCounts:
+        """Field-by-field sum, histogram buckets by upper bound: two instances' counts as one."""
+
+        def buckets(a: dict[float, float], b: dict[float, float]) -> dict[float, float]:
+            summed = dict(a)
+            for le, value in b.items():
+                summed[le] = summed.get(le, 0.0) + value
+            return summed
+
+        return VersionCounts(
+            requests=self.requests + other.requests,
+            errors=self.errors + other.errors,
+            latency_buckets=buckets(self.latency_buckets, other.latency_buckets),
+            shadow_requests=self.shadow_requests + other.shadow_requests,
+            shadow_errors=self.shadow_errors + other.shadow_errors,
+            shadow_latency_buckets=buckets(
+                self.shadow_latency_buckets, other.shadow_latency_buckets
+            ),
+            agree=self.agree + other.agree,
+            disagree=self.disagree + other.disagree,
+        )
 
     def minus(self, earlier: VersionCounts) -> VersionCounts:
         if self.went_down(earlier):
@@ -86,6 +104,55 @@ class VersionCounts:
 
 
 Reading = dict[str, VersionCounts]
+
+_FIELDS = frozenset(f.name for f in fields(VersionCounts))
+
+
+def counts_to_doc(counts: VersionCounts) -> dict[str, Any]:
+    """``counts`` as JSON-ready data (bucket bounds as strings), for the state store."""
+    doc = dict(counts.__dict__)
+    doc["latency_buckets"] = {str(k): v for k, v in counts.latency_buckets.items()}
+    doc["shadow_latency_buckets"] = {str(k): v for k, v in counts.shadow_latency_buckets.items()}
+    return doc
+
+
+def counts_from_doc(doc: dict[str, Any]) -> VersionCounts:
+    """The counts :func:`counts_to_doc` wrote; fields unknown here (a newer router's) stay out."""
+    doc = {key: value for key, value in doc.items() if key in _FIELDS}
+    doc["latency_buckets"] = {float(k): v for k, v in doc.get("latency_buckets", {}).items()}
+    doc["shadow_latency_buckets"] = {
+        float(k): v for k, v in doc.get("shadow_latency_buckets", {}).items()
+    }
+    return VersionCounts(**doc)
+
+
+def reading_to_doc(reading: Reading) -> dict[str, dict[str, Any]]:
+    return {version: counts_to_doc(counts) for version, counts in reading.items()}
+
+
+def reading_from_doc(doc: dict[str, dict[str, Any]]) -> Reading:
+    return {version: counts_from_doc(counts) for version, counts in doc.items()}
+
+
+def sum_readings(readings: Iterable[Reading]) -> Reading:
+    """Per-version sum of several readings (of several router instances, say).
+
+        >>> one, other = {"v1": VersionCounts(requests=3)}, {"v1": VersionCounts(requests=4)}
+        >>> sum_readings([one, other])["v1"].requests
+        7.0
+    """
+    summed: Reading = {}
+    for reading in readings:
+        for version, counts in reading.items():
+            summed[version] = summed.get(version, VersionCounts()).plus(counts)
+    return summed
+
+
+def went_down(later: Reading, earlier: Reading) -> bool:
+    """True when any version's counter in ``later`` is below ``earlier``'s (a version missing
+    from ``later`` counts as all zeros): the counters started again."""
+    return any(later.get(version, VersionCounts()).went_down(counts)
+               for version, counts in earlier.items())
 
 
 def window(later: Reading, earlier: Reading | None) -> Reading:

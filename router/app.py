@@ -14,7 +14,8 @@ from common.config import ConfigError
 from common.errors import ServiceUnavailable, json_response, register_error_handlers
 from metrics.exposition import metrics_response
 from metrics.router import RouterMetrics
-from metrics.sources import LocalSource, MetricSource, PrometheusSource
+from metrics.published import CountsPublisher
+from metrics.sources import LocalSource, MetricSource, PrometheusSource, StoreSource
 from router import admin_rollout  # noqa: F401  (registers the rollout endpoints)
 from router.admin import admin
 from router.rollout import RolloutController
@@ -67,11 +68,17 @@ def create_app(
 
     keep_audit_lines()
     live = LiveState(config, store, on_change=on_change)
-    source: MetricSource = (PrometheusSource(config.prometheus_url) if config.prometheus_url
-                            else LocalSource(registry, before_read=metrics.flush))
+    publisher: CountsPublisher | None = None
+    source: MetricSource
+    if config.prometheus_url:
+        source = PrometheusSource(config.prometheus_url)
+    else:
+        publisher = CountsPublisher(store, LocalSource(registry, before_read=metrics.flush),
+                                    config.instance_id, retention_s=config.counts_retention_s)
+        source = StoreSource(store, publisher, before_read=metrics.flush)
     controller = RolloutController(live, source, pools, metrics, config.model_admin_token, slots)
     ctx = RouterContext(config, store, live, pools, metrics, mirror, registry, source, controller,
-                        slots)
+                        slots, publisher)
     ctx_holder.append(ctx)
     on_change(live.current)
 
@@ -118,4 +125,6 @@ def create_app(
     live.start()
     slots.start()
     controller.start()
+    if publisher is not None:
+        publisher.start()
     return app

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
@@ -12,6 +14,7 @@ from common.config import ConfigError, env_bool, env_float, env_int, env_str, en
 from strategies import UnknownStrategy, get, names
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+_INSTANCE = re.compile(r"[^\x00-\x1f\x7f]{1,256}")  # part of state store keys
 
 
 def parse_upstreams(raw: str | None) -> dict[str, str]:
@@ -55,6 +58,17 @@ def parse_trusted_proxies(raw: str | None) -> tuple[IPv4Network | IPv6Network, .
     return tuple(networks)
 
 
+def instance_id(env: Mapping[str, str]) -> str:
+    """This router instance's name: ROUTER_INSTANCE_ID, else Heroku's DYNO (``web.1``, the same
+    after the dyno restarts), else the host name and the metrics folder its workers share (the
+    host name and process id when there is none)."""
+    named = env_str(env, "ROUTER_INSTANCE_ID") or env_str(env, "DYNO")
+    if named:
+        return named
+    folder = env_str(env, "PROMETHEUS_MULTIPROC_DIR")
+    return f"{socket.gethostname()}:{folder or os.getpid()}"
+
+
 @dataclass(frozen=True)
 class RouterConfig:
     """Everything the router needs to start; upstreams are fixed for the process's life."""
@@ -76,6 +90,8 @@ class RouterConfig:
     prometheus_url: str | None = None
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     request_metrics: bool = True  # off only to measure what recording costs (loadtest/bench.py)
+    instance_id: str = field(default_factory=lambda: instance_id(environ()))
+    counts_retention_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -93,6 +109,11 @@ class RouterConfig:
             raise ConfigError(
                 f"ROUTER_STRATEGY={self.strategy!r} is unknown; valid: {', '.join(names())}"
             ) from None
+        if not _INSTANCE.fullmatch(self.instance_id):
+            raise ConfigError(
+                f"ROUTER_INSTANCE_ID={self.instance_id!r} must be 1 to 256 characters without "
+                "control characters, e.g. web.1"
+            )
         if self.connect_timeout_s > self.timeout_s:
             object.__setattr__(self, "connect_timeout_s", self.timeout_s)
 
@@ -131,4 +152,6 @@ class RouterConfig:
             prometheus_url=env_str(env, "ROUTER_PROMETHEUS_URL"),
             trusted_proxies=parse_trusted_proxies(env_str(env, "ROUTER_TRUSTED_PROXIES")),
             request_metrics=env_bool(env, "ROUTER_REQUEST_METRICS", True),
+            instance_id=instance_id(env),
+            counts_retention_s=env_float(env, "ROUTER_COUNTS_RETENTION_S", 3600.0, 1.0, 604800.0),
         )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from metrics.published import CountsPublisher
 from metrics.router import RouterMetrics
 from router.config import RouterConfig
 from router.live_state import LiveState
@@ -30,10 +31,14 @@ class RouterContext:
     source: MetricSource
     controller: RolloutController
     slots: SlotVersions
+    publisher: CountsPublisher | None = None  # None when statistics come from Prometheus
 
     def close(self) -> None:
-        """Stop what this app runs in the background: the controller, state and slot refreshers."""
+        """Stop what this app runs in the background: the controller, state and slot refreshers,
+        the publisher of this instance's counts (after a last publish)."""
         self.controller.stop()
+        if self.publisher is not None:
+            self.publisher.stop()
         self.live.stop()
         self.slots.close()
 

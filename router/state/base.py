@@ -1,5 +1,5 @@
 """The state store interface: one versioned routing-state document, an audit log, the release
-history, named leases.
+history, named leases, and the counts each router instance publishes.
 
 Every backend keeps the same three things and offers the same few methods, so the router never
 knows which one it talks to. Changes are compare-and-set on ``config_version``: a writer reads
@@ -110,6 +110,18 @@ class StateStore(Protocol):
         """Free the lease ``name`` if ``holder`` holds it."""
         ...
 
+    def publish_counts(self, instance: str, document: dict[str, Any], ttl_s: float) -> None:
+        """Store ``document`` as router ``instance``'s counts, replacing its last, for ``ttl_s`` s.
+
+        Each router instance publishes its cumulative per-version counts here; an instance that
+        stops publishing is forgotten ``ttl_s`` seconds after its last document.
+        """
+        ...
+
+    def published_counts(self) -> dict[str, dict[str, Any]]:
+        """The latest unexpired document of every instance that published counts, by instance."""
+        ...
+
     def close(self) -> None:
         """Release connections; the store is not used afterwards."""
         ...
@@ -125,10 +137,11 @@ def stamp_event(event: dict[str, Any], config_version: int) -> dict[str, Any]:
     return stamped
 
 
-def check_lease_ttl(ttl_s: float) -> int:
-    """Return a lease TTL in whole milliseconds (at least 1), refusing non-positive ones."""
+def check_lease_ttl(ttl_s: float, what: str = "lease") -> int:
+    """Return a lease's (or ``what``'s) TTL in whole milliseconds (at least 1), refusing
+    non-positive ones."""
     if not ttl_s > 0:
-        raise ValueError(f"lease ttl_s must be a positive number of seconds, got {ttl_s!r}")
+        raise ValueError(f"{what} ttl_s must be a positive number of seconds, got {ttl_s!r}")
     return max(1, round(ttl_s * 1000))
 
 

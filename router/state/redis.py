@@ -8,6 +8,8 @@ Keys live under a prefix (default ``router:``; ``?prefix=...`` in the URL or ``p
     <prefix>releases       hash: release id -> release record (JSON)
     <prefix>release_order  sorted set of release ids by start time
     <prefix>lease:<name>   the holder of a lease, expiring with the lease's TTL
+    <prefix>counts:<name>  the counts router instance <name> published (JSON), expiring with them
+    <prefix>counts         set of the instances that published counts (the expired are pruned)
     <prefix>changes        pub/sub channel: the new config_version after every commit
 
 Writes are Lua scripts, so a commit or a restore (version check, new state, audit event,
@@ -98,6 +100,17 @@ end
 return 0
 """
 
+# KEYS: the counts index, then one counts key per instance. ARGV: the instances.
+# Forgets the instances whose counts expired, unless one published again meanwhile.
+_PRUNE_COUNTS = """
+for i, instance in ipairs(ARGV) do
+    if redis.call('EXISTS', KEYS[i + 1]) == 0 then
+        redis.call('SREM', KEYS[1], instance)
+    end
+end
+return 0
+"""
+
 _RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('DEL', KEYS[1])
@@ -129,12 +142,14 @@ class RedisStateStore:
         self._event_id_key = f"{self.prefix}event_id"
         self._releases_key = f"{self.prefix}releases"
         self._release_order_key = f"{self.prefix}release_order"
+        self._counts_key = f"{self.prefix}counts"
         self.changes_channel = f"{self.prefix}changes"
         self._initialize = self._client.register_script(_INITIALIZE)
         self._commit = self._client.register_script(_COMMIT)
         self._restore = self._client.register_script(_RESTORE)
         self._acquire_lease = self._client.register_script(_ACQUIRE_LEASE)
         self._release_lease = self._client.register_script(_RELEASE_LEASE)
+        self._prune_counts = self._client.register_script(_PRUNE_COUNTS)
 
     def __repr__(self) -> str:
         return f"RedisStateStore({self.url!r}, prefix={self.prefix!r})"
@@ -224,6 +239,29 @@ class RedisStateStore:
         with self._translate():
             self._release_lease(keys=[self._lease_key(name)], args=[holder])
 
+    def publish_counts(self, instance: str, document: dict[str, Any], ttl_s: float) -> None:
+        ttl_ms = check_lease_ttl(ttl_s, "published counts")
+        with self._translate():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.set(self._instance_counts_key(instance), json.dumps(document), px=ttl_ms)
+            pipe.sadd(self._counts_key, instance)
+            pipe.execute()
+
+    def published_counts(self) -> dict[str, dict[str, Any]]:
+        with self._translate():
+            instances = sorted(cast("set[str]", self._client.smembers(self._counts_key)))
+            keys = [self._instance_counts_key(instance) for instance in instances]
+            bodies = cast("list[str | None]", self._client.mget(keys)) if keys else []
+            expired = [instance for instance, body in zip(instances, bodies, strict=True)
+                       if body is None]
+            if expired:
+                self._prune_counts(
+                    keys=[self._counts_key, *map(self._instance_counts_key, expired)],
+                    args=expired,
+                )
+        return {instance: json.loads(body)
+                for instance, body in zip(instances, bodies, strict=True) if body is not None}
+
     def subscribe_changes(self) -> PubSub:
         """Return a pub/sub handle that receives each new config_version (poll ``get_message``).
 
@@ -242,6 +280,9 @@ class RedisStateStore:
 
     def _lease_key(self, name: str) -> str:
         return f"{self.prefix}lease:{name}"
+
+    def _instance_counts_key(self, instance: str) -> str:
+        return f"{self._counts_key}:{instance}"
 
     @contextmanager
     def _translate(self) -> Iterator[None]:

@@ -53,6 +53,11 @@ _SCHEMA = (
         holder TEXT NOT NULL,
         expires_at REAL NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS published_counts (
+        instance TEXT PRIMARY KEY,
+        document TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    )""",
 )
 
 _SELECT_STATE = "SELECT config_version, document FROM routing_state WHERE singleton = 1"
@@ -189,6 +194,26 @@ class SQLiteStateStore:
     def release_lease(self, name: str, holder: str) -> None:
         with self._transaction() as conn:
             conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    def publish_counts(self, instance: str, document: dict[str, Any], ttl_s: float) -> None:
+        ttl = check_lease_ttl(ttl_s, "published counts") / 1000
+        now = time.time()
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM published_counts WHERE expires_at <= ?", (now,))
+            conn.execute(
+                "INSERT INTO published_counts (instance, document, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (instance) DO UPDATE "
+                "SET document = excluded.document, expires_at = excluded.expires_at",
+                (instance, json.dumps(document), now + ttl),
+            )
+
+    def published_counts(self) -> dict[str, dict[str, Any]]:
+        rows = self._fetch(
+            "SELECT instance, document FROM published_counts WHERE expires_at > ? "
+            "ORDER BY instance",
+            (time.time(),),
+        )
+        return {instance: json.loads(body) for instance, body in rows}
 
     def close(self) -> None:
         pid = os.getpid()

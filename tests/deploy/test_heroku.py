@@ -10,8 +10,9 @@ from typing import Any
 
 from tests.servers import ROOT
 
-PLATFORM_SET = {"PORT"}  # Heroku sets it for every dyno; an app cannot choose it
-INTERNAL = {"SERVICE_RUNTIME_DIR", "SERVICE_RUNTIME_OWNED"}  # set by the server for its own workers
+PLATFORM_SET = {"PORT", "DYNO"}  # Heroku sets them for every dyno; an app cannot choose them
+# set by the server for its own workers
+INTERNAL = {"SERVICE_RUNTIME_DIR", "SERVICE_RUNTIME_OWNED", "SERVICE_RUN_ID"}
 _READ = re.compile(
     r"(?:env_(?:str|int|float|bool)\(\s*env,\s*|os\.environ(?:\.get\(|\.setdefault\(|\[)\s*"
     r'|os\.getenv\(\s*)"([A-Z][A-Z0-9_]+)"'

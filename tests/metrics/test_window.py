@@ -1,12 +1,26 @@
-"""Per-version windows: quantiles from histogram buckets, and the difference of two readings."""
+"""Per-version windows: quantiles from histogram buckets, the difference and the sum of readings."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
 from metrics.buckets import LATENCY_BUCKETS
-from metrics.window import DEFAULT_BOUNDS, VersionCounts, bucket_counts, quantile, window
+from metrics.window import (
+    DEFAULT_BOUNDS,
+    VersionCounts,
+    bucket_counts,
+    counts_from_doc,
+    counts_to_doc,
+    quantile,
+    reading_from_doc,
+    reading_to_doc,
+    sum_readings,
+    went_down,
+    window,
+)
 
 INF = float("inf")
 
@@ -155,3 +169,50 @@ def test_a_counter_reset_counts_the_whole_version_from_zero(
     assert 0.0 <= stats.error_rate <= 1.0
     in_buckets = [c for _, c in bucket_counts(stats.latency_buckets)]
     assert min(in_buckets) >= 0 and sum(in_buckets) == later.latency_buckets[INF]
+
+
+def test_readings_of_several_instances_add_up_field_by_field() -> None:
+    a = {"v1": counts(100, 2, [0.004] * 100, shadow_requests=5, agree=4, disagree=1),
+         "v2": counts(10, 0, [0.02] * 10)}
+    b = {"v1": counts(50, 1, [0.3] * 50, shadow_requests=3, shadow_errors=1, agree=2)}
+    c: dict[str, VersionCounts] = {}
+
+    summed = sum_readings([a, b, c])
+
+    assert set(summed) == {"v1", "v2"}
+    v1 = summed["v1"]
+    assert (v1.requests, v1.errors, v1.shadow_requests, v1.shadow_errors) == (150, 3, 8, 1)
+    assert (v1.agree, v1.disagree) == (6, 1)
+    assert v1.latency_buckets == cumulative(np.array([0.004] * 100 + [0.3] * 50))
+    assert summed["v2"] == a["v2"]
+    assert summed["v2"] is not a["v2"]  # a sum never aliases its parts
+    assert sum_readings([]) == {}
+
+
+def test_bucket_bounds_missing_on_one_side_count_as_zero_there() -> None:
+    one = VersionCounts(requests=2, latency_buckets={0.1: 1.0, INF: 2.0})
+    other = VersionCounts(requests=1, latency_buckets={0.5: 1.0, INF: 1.0})
+    assert one.plus(other).latency_buckets == {0.1: 1.0, 0.5: 1.0, INF: 3.0}
+
+
+def test_counts_survive_a_trip_through_json() -> None:
+    reading = {"v1": counts(7, 1, [0.004, 0.3, 12.0], shadow_requests=2, agree=1, disagree=1)}
+    back = reading_from_doc(json.loads(json.dumps(reading_to_doc(reading))))
+    assert back == reading
+    assert counts_from_doc({**counts_to_doc(reading["v1"]), "from_a_newer_router": 1}) == reading["v1"]
+
+
+@pytest.mark.parametrize(
+    ("later", "earlier", "expected"),
+    [
+        ({"v1": counts(5, 0)}, {"v1": counts(5, 0)}, False),
+        ({"v1": counts(6, 0), "v2": counts(1, 0)}, {"v1": counts(5, 0)}, False),
+        ({"v1": counts(4, 0)}, {"v1": counts(5, 0)}, True),
+        ({"v2": counts(9, 0)}, {"v1": counts(5, 0)}, True),  # v1 missing: back at zero
+        ({}, {"v1": VersionCounts()}, False),
+    ],
+)
+def test_a_reading_went_down_when_any_version_did(
+    later: dict[str, VersionCounts], earlier: dict[str, VersionCounts], expected: bool
+) -> None:
+    assert went_down(later, earlier) is expected

@@ -207,6 +207,41 @@ def test_lease_ttl_must_be_positive(store: StateStore) -> None:
         store.acquire_lease("rollout", "router-a", ttl_s=0)
 
 
+def test_published_counts_are_the_latest_document_of_each_instance(
+        make_store: StoreFactory) -> None:
+    one, two = make_store(), make_store()
+    assert one.published_counts() == {}
+    first = {"runs": {"r1": {"counts": {"v1": {"requests": 3.0}}}}}
+    one.publish_counts("web.1", first, ttl_s=30)
+    two.publish_counts("web.2", {"runs": {}}, ttl_s=30)
+    assert one.published_counts() == {"web.1": first, "web.2": {"runs": {}}}
+
+    later = {"runs": {"r1": {"counts": {"v1": {"requests": 5.0}}}}}
+    two.publish_counts("web.1", later, ttl_s=30)
+    assert one.published_counts() == {"web.1": later, "web.2": {"runs": {}}}
+
+
+def test_published_counts_expire_unless_published_again(make_store: StoreFactory) -> None:
+    one, two = make_store(), make_store()
+    one.publish_counts("stopped", {"n": 1}, ttl_s=0.3)
+    one.publish_counts("running", {"n": 1}, ttl_s=0.3)
+    time.sleep(0.2)
+    one.publish_counts("running", {"n": 2}, ttl_s=0.3)  # refreshes its expiry
+    time.sleep(0.2)  # past the stopped instance's expiry, inside the running one's
+    assert two.published_counts() == {"running": {"n": 2}}
+
+    time.sleep(0.2)
+    assert two.published_counts() == {}
+    one.publish_counts("stopped", {"n": 3}, ttl_s=30)  # back after its counts expired
+    assert two.published_counts() == {"stopped": {"n": 3}}
+
+
+def test_published_counts_ttl_must_be_positive(store: StateStore) -> None:
+    with pytest.raises(ValueError, match="ttl_s"):
+        store.publish_counts("web.1", {}, ttl_s=0)
+    assert store.published_counts() == {}
+
+
 def test_release_records_are_upserted_by_id_and_listed_oldest_first(
         make_store: StoreFactory) -> None:
     store, other = make_store(), make_store()
