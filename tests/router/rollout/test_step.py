@@ -379,7 +379,8 @@ def test_analyse_judges_the_candidate_on_everything_since_the_phase_began() -> N
     clean = analyse(rollout, plan, routing, reading(3000, 400), NOW)
     assert clean.decision == WAIT and clean.deciding().name == "sample_size"
     rate = 300 / (NOW - SINCE)  # the candidate's requests a second since the phase began
-    assert clean.needed == 40 and clean.minutes == pytest.approx(40 / rate / 60)
+    need = plan.min_requests - 10  # the step has 10 of its min_requests
+    assert clean.needed == need and clean.minutes == pytest.approx(need / rate / 60)
     step = decide(
         rollout, plan, routing, harmful, Observation(reading=reading(3000, 400, errors=30))
     )
@@ -509,7 +510,7 @@ def test_the_reference_window_waits_for_stable_samples() -> None:
     rollout, plan, routing = judged(BLUE_GREEN)
     verdict = analyse(rollout, plan, routing, reading(1030, 100), NOW)
     assert verdict.decision == WAIT and verdict.checks[0].name == "sample_size"
-    assert verdict.needed == 20 and verdict.samples == {"reference_requests": 30}
+    assert verdict.needed == plan.min_requests - 30 and verdict.samples == {"reference_requests": 30}
     assert analyse(rollout, plan, routing, LATER, NOW).decision == PASS
 
 
