@@ -46,6 +46,7 @@ from router.rollout_step import (
     failed,
     first_phase,
     next_step,
+    retimed,
     wants_reading,
 )
 from router.slots import SlotVersions
@@ -175,9 +176,12 @@ class RolloutController:
         if step is None:
             return None
         if step.effect is not None:
+            began = time.monotonic()
             ok, error = self._carry_out(step.effect)
             if not ok:
                 step = failed(step, error)
+            now += time.monotonic() - began  # the step takes effect once its effect is done
+            step = retimed(step, now)
         self._commit(rollout, step, now)
         return step.action
 

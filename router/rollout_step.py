@@ -353,6 +353,17 @@ def _load_step(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState
     return None
 
 
+def retimed(step: Step, done_at: float) -> Step:
+    """``step`` as of ``done_at``, when its effect finished: the next analysis is due an interval
+    after that (a reload that took most of an interval must not be judged at once)."""
+    updates = dict(step.updates)
+    if "analysed_at" in updates:
+        updates["analysed_at"] = done_at
+    if isinstance(updates.get("evidence"), dict):
+        updates["evidence"] = {**updates["evidence"], "since": done_at}
+    return replace(step, updates=updates)
+
+
 def failed(step: Step, error: str) -> Step:
     """The step to record when ``step``'s effect failed with ``error``."""
     alternative = step.on_failure or step

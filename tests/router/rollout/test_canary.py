@@ -81,7 +81,8 @@ def test_a_good_candidate_is_promoted_through_every_step(shared: Stack) -> None:
             latency = check_named(d, name)
             # each quantile's own estimate and limit, in ms: the limit is 1.5x stable's or +25 ms
             assert latency["decision"] == "pass" and latency["value"] is not None
-            assert latency["threshold"] >= 25.0
+            # the limit (ms), unknown (None) while stable's own quantile is not yet bounded
+            assert latency["threshold"] is None or latency["threshold"] >= 25.0
     waits = [d for d in rollout["decisions"] if d["action"] == "wait"]
     for d in waits:
         assert d["decision"] == "wait" and check_named(d, "sample_size")["value"] < 30
