@@ -48,7 +48,7 @@ def frame_of_arrays(arrays: Sequence[np.ndarray], labels: pd.Index) -> pd.DataFr
             blocks.append((_STRING_ARRAY._from_sequence(arr, dtype=_STRINGS), placement))
         else:  # NaN alone: the constructor keeps the objects
             blocks.append((arr.reshape(1, -1), placement))
-    return create_dataframe_from_blocks(blocks, pd.RangeIndex(len(arrays[0])), labels)
+    return create_dataframe_from_blocks(blocks, _rows(len(arrays[0])), labels)
 
 
 def _constructed(arrays: Sequence[np.ndarray], labels: pd.Index) -> pd.DataFrame:
@@ -60,8 +60,19 @@ def _placements(width: int) -> tuple[np.ndarray, ...]:
     return tuple(np.array([i], dtype=np.intp) for i in range(width))
 
 
+@lru_cache(maxsize=256)
+def _rows(count: int) -> pd.RangeIndex:
+    """The row labels 0..count-1 (an index is immutable: frames of one length share it)."""
+    return pd.RangeIndex(count)
+
+
 def _any_string(arr: np.ndarray) -> bool | None:
     """Whether a string is among the strings and NaNs of ``arr``; None for anything else."""
+    kinds = set(map(type, arr))
+    if kinds == {str}:
+        return True
+    if not kinds <= {str, float}:
+        return None
     missing = pd.isna(arr)
     if set(map(type, arr[missing])) <= {float} and set(map(type, arr[~missing])) <= {str}:
         return not missing.all()
