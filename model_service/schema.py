@@ -16,10 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from types import NoneType
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from model_service.frames import frame_of_arrays
 
 TYPES = ("number", "integer", "boolean", "category")
 MAX_CATEGORIES = 1000  # more distinct strings than this: a free-text column, categories not listed
@@ -71,7 +75,9 @@ class Column:
 
     def array(self, values: Sequence[Any], where: Any) -> np.ndarray:
         """The column's values as the array the pipeline gets; ``where(i)`` names row ``i``."""
-        arr = np.array(values, dtype=object if self.type == "category" else None)
+        if self.type == "category":
+            return self._strings(values, where)
+        arr = np.array(values)
         kind = arr.dtype.kind
         if self.type in ("number", "integer") and kind in "fiu" and arr.ndim == 1:
             if kind != "f" or self.type == "number" or _integral(arr):
@@ -79,7 +85,35 @@ class Column:
                 return arr.astype(np.float64) if self.type == "number" and kind != "f" else arr
         if self.type == "boolean" and kind == "b" and arr.ndim == 1:
             return arr
+        if kind == "O" and self.nullable and self.type in ("number", "integer"):
+            with_gaps = self._numbers_with_gaps(values)
+            if with_gaps is not None:
+                return with_gaps
         return self._checked_slowly(values, where)
+
+    def _strings(self, values: Sequence[Any], where: Any) -> np.ndarray:
+        """A category's strings, ``null`` as NaN: in one pass when every cell fits."""
+        kinds = set(map(type, values))
+        if kinds == {str}:
+            return np.array(values, dtype=object)
+        if self.nullable and kinds <= {str, NoneType}:
+            return np.array([np.nan if value is None else value for value in values], dtype=object)
+        return self._checked_slowly(values, where)
+
+    def _numbers_with_gaps(self, values: Sequence[Any]) -> np.ndarray | None:
+        """Numbers and ``null`` as float64 with NaN in one pass; None: check cell by cell."""
+        if not set(map(type, values)) <= {int, float, NoneType}:
+            return None
+        filled = np.array([np.nan if value is None else value for value in values])
+        if filled.dtype != np.float64 or filled.ndim != 1:
+            return None
+        gaps = np.isnan(filled)
+        present = filled[~gaps]
+        if np.count_nonzero(gaps) != values.count(None) or not np.isfinite(present).all():
+            return None
+        if self.type == "integer" and not (present == np.floor(present)).all():
+            return None
+        return filled
 
     def _checked_slowly(self, values: Sequence[Any], where: Any) -> np.ndarray:
         """Cell by cell: missing values, mixed types, and the first bad cell's message."""
@@ -144,14 +178,19 @@ class InputSchema:
     columns: tuple[Column, ...]
     frame: bool
 
-    @property
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
-    @property
+    @cached_property
     def all_numbers(self) -> bool:
         """Every column a number that must be present: a plain float matrix carries the input."""
         return all(c.type == "number" and not c.nullable for c in self.columns)
+
+    @cached_property
+    def labels(self) -> pd.Index:
+        """The frame's column labels, built once: every frame of this schema shares them."""
+        return pd.Index(list(self.names))
 
     def to_json(self) -> dict[str, Any]:
         return {"frame": self.frame, "columns": [c.to_json() for c in self.columns]}
@@ -176,14 +215,14 @@ class InputSchema:
         """What the pipeline's predict gets: a DataFrame with the fitted names, or a matrix."""
         if self.all_numbers and not self.frame:
             return np.column_stack([columns[n] for n in self.names]).astype(np.float64, copy=False)
-        frame = pd.DataFrame({name: columns[name] for name in self.names}, copy=False)
+        frame = frame_of_arrays([columns[name] for name in self.names], self.labels)
         return frame if self.frame else frame.to_numpy()
 
     def from_matrix(self, matrix: np.ndarray) -> Any:
         """A validated float matrix (every column a number) as the pipeline's input."""
         if not self.frame:
             return matrix
-        return pd.DataFrame(matrix, columns=list(self.names), copy=False)
+        return pd.DataFrame(matrix, columns=self.labels, copy=False)
 
     def from_table(self, table: pd.DataFrame, first_row: int = 0,
                    label: str = "row") -> Any:
