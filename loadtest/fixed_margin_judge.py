@@ -8,14 +8,14 @@ and the tests run it through the same controller and simulator as the judge in
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from scipy.stats import mannwhitneyu
 
+from metrics.analysis import FAIL, PASS, WAIT, Check, Verdict
 from metrics.window import Reading, VersionCounts, bucket_counts, quantile, window
 
-PASS, WAIT, FAIL = "pass", "wait", "fail"
 _EXPANDED_MAX = 20_000  # samples per side rebuilt from buckets for the U test
 
 
@@ -31,28 +31,6 @@ class FixedThresholds:
     # two regressors' predictions agree when |candidate - stable| <= abs_tol + rel_tol * |stable|
     agreement_abs_tol: float = 0.01
     agreement_rel_tol: float = 0.05
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    decision: str
-    value: float | None
-    threshold: float | None
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The outcome of one analysis and everything it was based on."""
-
-    decision: str
-    checks: tuple[Check, ...]
-    samples: dict[str, float] = field(default_factory=dict)
-
-    def evidence(self) -> dict[str, Any]:
-        return {"decision": self.decision, "samples": self.samples,
-                "checks": [asdict(c) for c in self.checks]}
 
 
 def _expand(cumulative: dict[float, float]) -> list[float]:
