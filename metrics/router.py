@@ -110,6 +110,7 @@ class RouterMetrics:
         self._pending: deque[tuple[str, str, int, float]] = deque()
         self._flush_lock = threading.Lock()
         self._flushing = False  # a flusher thread runs in this process
+        self._closed = False
         _LIVE.add(self)
 
     def child(self, metric: Counter | Histogram, *values: str) -> Any:
@@ -167,6 +168,11 @@ class RouterMetrics:
             hist = self._duration_children[version] = self.duration.labels(version=version)
         return hist
 
+    def close(self) -> None:
+        """Write the pending tallies; the flusher thread ends after its next round."""
+        self._closed = True
+        self.flush()
+
     def _start_flusher(self) -> None:
         with self._flush_lock:
             if self._flushing:
@@ -181,6 +187,8 @@ class RouterMetrics:
                 if metrics is None:
                     return
                 metrics.flush()
+                if metrics._closed:
+                    return
                 del metrics
 
         threading.Thread(target=run, name="metrics-flush", daemon=True).start()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
@@ -32,15 +32,30 @@ class RouterContext:
     controller: RolloutController
     slots: SlotVersions
     publisher: CountsPublisher | None = None  # None when statistics come from Prometheus
+    closed: bool = field(default=False, init=False)
 
     def close(self) -> None:
-        """Stop what this app runs in the background: the controller, state and slot refreshers,
-        the publisher of this instance's counts (after a last publish)."""
+        """Stop everything this app owns, in order: the rollout controller, the shadow mirror
+        (copies already queued are still sent), the slot and state refreshers, the publisher of
+        this instance's counts (after a last publish), the request tallies (written), the upstream
+        connection pools and the state store. Called at worker exit and by tests; a second call
+        does nothing.
+
+            >>> app.extensions["router"].close()  # doctest: +SKIP
+        """
+        if self.closed:
+            return
+        self.closed = True
         self.controller.stop()
+        self.mirror.close()
+        self.slots.close()
+        self.live.stop()
         if self.publisher is not None:
             self.publisher.stop()
-        self.live.stop()
-        self.slots.close()
+        self.metrics.close()
+        for pool in self.pools.values():
+            pool.close()
+        self.store.close()
 
     def weights(self, routing: RoutingState) -> dict[str, int]:
         """Percent of client traffic each configured version answers under ``routing``."""

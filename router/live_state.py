@@ -107,8 +107,13 @@ class LiveState:
         self._thread = threading.Thread(target=self._run, name="state-refresh", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop refreshing and wait for a read under way (it holds the store)."""
         self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and self._pid == os.getpid() \
+                and thread is not threading.current_thread():
+            thread.join(timeout_s)
 
     def _run(self) -> None:
         while not self._stop.wait(self.config.refresh_interval_s):

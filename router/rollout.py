@@ -138,8 +138,13 @@ class RolloutController:
         self._thread = threading.Thread(target=self._run, name="rollout", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop ticking and wait for a tick under way (it may be reloading a slot)."""
         self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and self._pid == os.getpid() \
+                and thread is not threading.current_thread():
+            thread.join(timeout_s)
 
     def _run(self) -> None:
         while not self._stop.wait(self.tick_s):

@@ -115,14 +115,20 @@ class Mirror:
         self.metrics = metrics
         self.workers = workers
         self.timeout_s = timeout_s
-        self.jobs: queue.Queue[MirrorJob] = queue.Queue(maxsize=capacity)
+        self.jobs: queue.Queue[MirrorJob | None] = queue.Queue(maxsize=capacity)
         self._started = False
+        self._closed = False
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     def submit(self, job: MirrorJob) -> bool:
-        """Queue a copy; False (and counted as dropped) when the queue is full."""
+        """Queue a copy; False (and counted as dropped) when the queue is full or closed."""
         if not self._started:
             self._start()
+        if self._closed:
+            self.metrics.child(self.metrics.shadow_requests, self.slots.label(job.candidate),
+                               "dropped").inc()
+            return False
         try:
             self.jobs.put_nowait(job)
         except queue.Full:
@@ -133,15 +139,39 @@ class Mirror:
 
     def _start(self) -> None:
         with self._lock:
-            if self._started:
+            if self._started or self._closed:
                 return
             for i in range(self.workers):
-                threading.Thread(target=self._work, name=f"shadow-{i}", daemon=True).start()
+                thread = threading.Thread(target=self._work, name=f"shadow-{i}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
             self._started = True
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Take no more copies; the workers finish the copies queued so far, then stop.
+
+        A copy still queued after ``timeout_s`` is given up (the client has its answer already).
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            threads, self._threads = self._threads, []
+        for _ in threads:
+            try:
+                self.jobs.put(None, timeout=timeout_s)
+            except queue.Full:
+                break
+        deadline = time.monotonic() + timeout_s
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _work(self) -> None:
         while True:
             job = self.jobs.get()
+            if job is None:
+                return
             try:
                 self._mirror(job)
             except Exception:

@@ -74,7 +74,6 @@ def router_app(tmp_path: Path) -> Iterator[Flask]:
         yield app
     finally:
         ctx.close()
-        ctx.store.close()
 
 
 @pytest.mark.parametrize("tag", ["\u00b2", '"\u00b9"', "9" * 5000, "", '""'])

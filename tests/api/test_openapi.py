@@ -77,9 +77,6 @@ def in_process_router(upstreams: dict[str, str], tmp_path: Path,
         yield app
     finally:
         ctx.close()
-        for pool in ctx.pools.values():
-            pool.close()
-        ctx.store.close()
 
 
 # -- the documents -----------------------------------------------------------------------------

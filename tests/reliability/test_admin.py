@@ -55,9 +55,6 @@ def router_without_token(upstream: str, tmp_path: Path) -> Iterator[InProcessSer
             yield server
     finally:
         ctx.close()
-        for pool in ctx.pools.values():
-            pool.close()
-        ctx.store.close()
 
 
 @pytest.mark.scenario(7, "admin credentials, racing If-Match writers, audit log")

@@ -124,9 +124,6 @@ def in_process_router(env: dict[str, str]) -> Iterator[InProcessServer]:
             yield server
     finally:
         ctx.close()
-        for pool in ctx.pools.values():
-            pool.close()
-        ctx.store.close()
 
 
 def forwarded_headers(fakes: Fakes, url: str, headers: list[tuple[str, str]],

@@ -62,9 +62,6 @@ def in_process_router(upstreams: Mapping[str, str], state_url: str,
         yield app
     finally:
         ctx.close()
-        for pool in ctx.pools.values():
-            pool.close()
-        ctx.store.close()
 
 
 def seed_state(state_url: str, upstreams: Mapping[str, str], **fields: Any) -> str:
