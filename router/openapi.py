@@ -72,7 +72,7 @@ def _upstream_predict_body(ctx: RouterContext) -> dict[str, Any] | None:
     """The stable model service's ``/predict`` request body, or None when it cannot say."""
     pool = ctx.pools[ctx.live.current.routing.stable]
     try:
-        resp = pool.request("GET", "/openapi.json", b"", [],
+        resp = pool.request("GET", "/openapi.json", b"", list(ctx.config.model_headers),
                             time.monotonic() + min(UPSTREAM_SPEC_BUDGET_S, ctx.config.timeout_s))
         if resp.status != 200:
             return None
@@ -124,11 +124,15 @@ def _schemas(ctx: RouterContext) -> dict[str, Any]:
                             "description": "Percent of client traffic each version answers."},
                 "upstreams": {"type": "object", "additionalProperties": STRING},
                 "slots": {"type": "object", "additionalProperties": _object(
-                    ["url", "version", "role", "weight", "idle"], {
+                    ["url", "version", "role", "weight", "idle", "problem"], {
                         "url": STRING, "version": NULLABLE_STRING,
                         "role": {"type": "string", "enum": ["stable", "candidate", None],
                                  "nullable": True},
-                        "weight": PERCENT, "idle": {"type": "boolean"}})},
+                        "weight": PERCENT, "idle": {"type": "boolean"},
+                        "problem": {"type": "string", "nullable": True,
+                                    "description": "Why the router could not learn the slot's "
+                                                   "version (unreachable, refused the router's "
+                                                   "access token), else null."}})},
                 "rollout": {"$ref": f"{SCHEMAS}Rollout"},
                 "store": _object(["reachable", "error"], {"reachable": {"type": "boolean"},
                                                           "error": NULLABLE_STRING}),
