@@ -325,3 +325,16 @@ def test_the_router_documents_its_metrics_token(tmp_path: Path) -> None:
         assert refused.status_code == 401
         _assert_documented(doc, "/metrics", "get", refused)
         assert client.get("/metrics", headers={"Authorization": "Bearer metrics"}).status_code == 200
+
+
+@pytest.mark.slow
+def test_fuzzing_a_guarded_model_service_with_the_access_token(artifacts: Path, log_dir: Path,
+                                                               tmp_path: Path) -> None:
+    with model_service("v1", artifacts, log_dir, MODEL_ADMIN_TOKEN=MODEL_TOKEN,
+                       MODEL_ACCESS_TOKEN="access", METRICS_TOKEN="metrics",
+                       WEB_CONCURRENCY="1") as server:
+        server.wait_ready()
+        run = fuzz(server.url, tmp_path, token="access", max_examples=10)
+        assert_clean(run)  # ignored_auth: every guarded operation refuses a request without it
+        assert run.answers("POST /predict", "accepted") > 0
+        assert run.answers("POST /admin/reload", "accepted") == 0  # the admin token opens it
