@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 
@@ -58,3 +59,25 @@ def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 def environ() -> Mapping[str, str]:
     return os.environ
+
+
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+
+def env_token(env: Mapping[str, str], name: str) -> str | None:
+    """A bearer token: None when the variable is absent; set but empty, blank or not printable
+    ASCII (it travels in an HTTP header) is an error, never a silently open endpoint."""
+    raw = env.get(name)
+    if raw is None:
+        return None
+    value = raw.strip()
+    if not value:
+        raise ConfigError(
+            f"{name} is set but empty: give it a secret (e.g. `openssl rand -hex 32`), or unset it"
+        )
+    if not _TOKEN.fullmatch(value):
+        raise ConfigError(
+            f"{name} must be printable ASCII without spaces (it is sent in an Authorization "
+            "header), e.g. `openssl rand -hex 32`"
+        )
+    return value

@@ -66,6 +66,21 @@ BEARER_SCHEME = {
                    "query string are never accepted.",
 }
 
+ACCESS_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "MODEL_ACCESS_TOKEN, sent as `Authorization: Bearer <token>`: the router's "
+                   "credential (its ROUTER_MODEL_ACCESS_TOKEN). Required on every path but "
+                   "/health and /admin/reload while the service has one.",
+}
+
+METRICS_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "METRICS_TOKEN, sent as `Authorization: Bearer <token>` (Prometheus: an "
+                   "authorization block in the scrape job).",
+}
+
 STRING = {"type": "string"}
 NULLABLE_STRING = {"type": "string", "nullable": True}
 
@@ -93,6 +108,15 @@ def errors(*statuses: int, meanings: Mapping[int, str] | None = None,
     headers = headers or {}
     return {str(status): json_body(meanings[status], {"$ref": ERROR_REF}, headers.get(status))
             for status in statuses}
+
+
+def guarded(item: Mapping[str, Any], scheme: str) -> dict[str, Any]:
+    """A path item whose every operation needs the bearer token of security scheme ``scheme``:
+    the requirement, and the JSON 401 with its ``WWW-Authenticate`` challenge."""
+    refused = errors(401, meanings={401: f"Missing or wrong bearer token ({scheme})."},
+                     headers={401: {"WWW-Authenticate": header("Bearer challenge")}})
+    return {method: {**op, "security": [{scheme: []}], "responses": {**op["responses"], **refused}}
+            for method, op in item.items()}
 
 
 def operation(summary: str, responses: Mapping[str, Any], **fields: Any) -> dict[str, Any]:

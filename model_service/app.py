@@ -1,5 +1,13 @@
 """The prediction service: a Flask app factory serving one model version over HTTP.
 
+Who may call what, when tokens are set (each path takes exactly one credential):
+
+- ``GET /health``: everyone (the platform's liveness check);
+- ``POST /admin/reload``: ``MODEL_ADMIN_TOKEN``, checked by the endpoint; the access token does
+  not open it, nor is it needed besides (a request carries one ``Authorization`` header);
+- ``GET /metrics``: ``METRICS_TOKEN`` when set, else ``MODEL_ACCESS_TOKEN`` when set;
+- everything else, ``POST /predict`` included: ``MODEL_ACCESS_TOKEN`` when set.
+
     >>> app = create_app(ModelServiceConfig(version="v1", artifacts="artifacts"))  # doctest: +SKIP
     >>> app.test_client().post("/predict", json={"instances": [[...]]})          # doctest: +SKIP
 """
@@ -7,11 +15,12 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from flask import Flask, Response, current_app, request
 from prometheus_client import CollectorRegistry
 
-from common.auth import require_bearer
+from common.auth import BearerGate, Guard, metrics_guard, require_bearer
 from common.body import read_json_object
 from common.errors import (
     NotFound,
@@ -29,6 +38,8 @@ from model_service.openapi import openapi
 from model_service.predict_path import PredictPath
 
 EXTENSION = "model_service"
+# Answered without the access token: liveness, and the admin endpoint (it checks its own token).
+_OPEN_TO_OWN_CHECKS = frozenset({"/health", "/admin/reload"})
 
 
 class ServiceState:
@@ -40,6 +51,25 @@ class ServiceState:
         self.metrics = ModelMetrics(registry)
         self.holder = ModelHolder(config.artifacts, self.metrics, config.control_file)
         self.rng = random.Random()
+
+
+def access_rules(config: ModelServiceConfig) -> Callable[[str], Guard | None] | None:
+    """The token each path needs under ``config`` (None: no path needs one)."""
+    if config.access_token is None and config.metrics_token is None:
+        return None
+    access = None if config.access_token is None else Guard(
+        config.access_token, "model",
+        "missing or wrong access token: this model service answers only its router; send "
+        "'Authorization: Bearer <token>' with the value of MODEL_ACCESS_TOKEN (the router sends "
+        "it when its ROUTER_MODEL_ACCESS_TOKEN matches)")
+    scrape = access if config.metrics_token is None else metrics_guard(config.metrics_token)
+
+    def guard_for(path: str) -> Guard | None:
+        if path in _OPEN_TO_OWN_CHECKS:
+            return None
+        return scrape if path == "/metrics" else access
+
+    return guard_for
 
 
 def _state() -> ServiceState:
@@ -112,4 +142,7 @@ def create_app(
         )
 
     app.wsgi_app = PredictPath(app.wsgi_app, state)  # type: ignore[method-assign]
+    rules = access_rules(config)
+    if rules is not None:  # outermost: the fast predict path is behind it too
+        app.wsgi_app = BearerGate(app.wsgi_app, rules)  # type: ignore[method-assign]
     return app

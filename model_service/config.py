@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import ConfigError, env_float, env_int, env_str, environ
+from common.config import ConfigError, env_float, env_int, env_str, env_token, environ
 
 # What POST /admin/reload accepts as a version: one folder name under the artifacts folder.
 VERSION_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -24,6 +24,8 @@ class ModelServiceConfig:
     version: str = "v1"
     artifacts: str = "artifacts"
     admin_token: str | None = None
+    access_token: str | None = None  # every path but /health and /admin/* needs it when set
+    metrics_token: str | None = None  # /metrics needs it (instead of access_token) when set
     fault_error_rate: float = 0.0
     fault_latency_ms: float = 0.0
     max_rows: int = 10_000
@@ -41,6 +43,8 @@ class ModelServiceConfig:
             version=version,
             artifacts=env_str(env, "MODEL_ARTIFACTS", "artifacts") or "artifacts",
             admin_token=env_str(env, "MODEL_ADMIN_TOKEN"),
+            access_token=env_token(env, "MODEL_ACCESS_TOKEN"),
+            metrics_token=env_token(env, "METRICS_TOKEN"),
             fault_error_rate=env_float(env, "FAULT_ERROR_RATE", 0.0, 0.0, 1.0),
             fault_latency_ms=env_float(env, "FAULT_LATENCY_MS", 0.0, 0.0, 60_000.0),
             max_rows=env_int(env, "MODEL_MAX_ROWS", 10_000, 1, 1_000_000),

@@ -13,7 +13,9 @@ from typing import Any
 from flask import current_app
 
 from common.openapi import (
+    ACCESS_SCHEME,
     BEARER_SCHEME,
+    METRICS_SCHEME,
     NULLABLE_STRING,
     STRING,
     document,
@@ -25,6 +27,7 @@ from common.openapi import (
     plain_text,
     prediction_rows_schema,
     prediction_schema,
+    guarded,
     spec_blueprint,
 )
 from model_service.config import VERSION_LABEL
@@ -131,11 +134,21 @@ def model_service_spec() -> dict[str, Any]:
         )},
         "/openapi.json": {"get": openapi_operation()},
     }
+    schemes = {"bearer": BEARER_SCHEME}
+    if config.metrics_token is not None:
+        schemes["metrics"] = METRICS_SCHEME
+        paths["/metrics"] = guarded(paths["/metrics"], "metrics")
+    if config.access_token is not None:
+        schemes["access"] = ACCESS_SCHEME
+        for path in set(paths) - {"/health", "/admin/reload", "/metrics"}:
+            paths[path] = guarded(paths[path], "access")
+        if config.metrics_token is None:
+            paths["/metrics"] = guarded(paths["/metrics"], "access")
     return document(
         "Model service", "1",
         f"Serves model version {model.version if model else config.version} of the artifacts. "
         "Errors are JSON: {\"error\": {\"code\", \"message\"}}.",
-        paths, security_schemes={"bearer": BEARER_SCHEME},
+        paths, security_schemes=schemes,
     )
 
 

@@ -159,7 +159,8 @@ def slots_body(ctx: RouterContext, snap: Snapshot) -> dict[str, Any]:
         mirrored = slot == routing.candidate and routing.shadow_percent > 0
         out[slot] = {"url": url, "version": ctx.slots.get(slot), "role": role,
                      "weight": weights.get(slot, 0),
-                     "idle": not weights.get(slot, 0) and not mirrored}
+                     "idle": not weights.get(slot, 0) and not mirrored,
+                     "problem": ctx.slots.problem(slot)}
     return out
 
 

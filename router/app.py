@@ -10,6 +10,7 @@ import time
 from flask import Flask, Response, current_app
 from prometheus_client import CollectorRegistry
 
+from common.auth import BearerGate, metrics_guard
 from common.config import ConfigError
 from common.errors import ServiceUnavailable, json_response, register_error_handlers
 from metrics.exposition import metrics_response
@@ -27,7 +28,7 @@ from router.live_state import LiveState, Snapshot
 from router.openapi import openapi
 from router.releases import keep_audit_lines
 from router.shadow import Mirror
-from router.slots import SlotVersions
+from router.slots import SlotVersions, access_refused
 from router.state import StateStore, open_store
 from router.upstream import UpstreamError, UpstreamPool
 
@@ -56,7 +57,7 @@ def create_app(
         label: UpstreamPool(label, url, config.connect_timeout_s)
         for label, url in config.upstreams.items()
     }
-    slots = SlotVersions(pools)
+    slots = SlotVersions(pools, headers=lambda: list(config.model_headers))
     slots.refresh()
     mirror = Mirror(pools, metrics, config.shadow_workers, config.shadow_queue, config.timeout_s,
                     slots)
@@ -76,7 +77,8 @@ def create_app(
         publisher = CountsPublisher(store, LocalSource(registry, before_read=metrics.flush),
                                     config.instance_id, retention_s=config.counts_retention_s)
         source = StoreSource(store, publisher, before_read=metrics.flush)
-    controller = RolloutController(live, source, pools, metrics, config.model_admin_token, slots)
+    controller = RolloutController(live, source, pools, metrics, config.model_admin_token, slots,
+                                   model_headers=config.model_headers)
     ctx = RouterContext(config, store, live, pools, metrics, mirror, registry, source, controller,
                         slots, publisher)
     ctx_holder.append(ctx)
@@ -104,11 +106,15 @@ def create_app(
         stable = ctx.live.current.routing.stable
         try:
             resp = ctx.pools[stable].request(
-                "GET", "/ready", b"", [], time.monotonic() + min(1.0, ctx.config.timeout_s)
+                "GET", "/ready", b"", list(ctx.config.model_headers),
+                time.monotonic() + min(1.0, ctx.config.timeout_s),
             )
         except UpstreamError as exc:
             raise ServiceUnavailable(f"stable version {stable} is not reachable: {exc}",
                                      code="not_ready") from None
+        if resp.status == 401:
+            raise ServiceUnavailable(f"stable slot {stable} {access_refused(ctx.config.model_access_token is not None)}",
+                                     code="upstream_unauthorized")
         if resp.status != 200:
             raise ServiceUnavailable(f"stable version {stable} is not ready ({resp.status})",
                                      code="not_ready")
@@ -122,6 +128,10 @@ def create_app(
         return metrics_response(ctx.registry)
 
     app.wsgi_app = DataPath(app.wsgi_app, config, live, pools, metrics, mirror, slots)  # type: ignore[method-assign]
+    if config.metrics_token is not None:
+        scrape = metrics_guard(config.metrics_token)
+        app.wsgi_app = BearerGate(  # type: ignore[method-assign]
+            app.wsgi_app, lambda path: scrape if path == "/metrics" else None)
     live.start()
     slots.start()
     controller.start()

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from urllib.parse import urlsplit
 
-from common.config import ConfigError, env_bool, env_float, env_int, env_str, environ
+from common.config import (
+    ConfigError, env_bool, env_float, env_int, env_str, env_token, environ,
+)
 from strategies import UnknownStrategy, get, names
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
@@ -87,6 +89,8 @@ class RouterConfig:
     shadow_queue: int = 64
     refresh_interval_s: float = 0.25
     model_admin_token: str | None = None
+    model_access_token: str | None = None  # the model services' MODEL_ACCESS_TOKEN
+    metrics_token: str | None = None  # /metrics needs it when set
     prometheus_url: str | None = None
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     request_metrics: bool = True  # off only to measure what recording costs (loadtest/bench.py)
@@ -116,6 +120,14 @@ class RouterConfig:
             )
         if self.connect_timeout_s > self.timeout_s:
             object.__setattr__(self, "connect_timeout_s", self.timeout_s)
+
+    @property
+    def model_headers(self) -> tuple[tuple[str, str], ...]:
+        """Headers for every request to a model service but a reload (which carries the admin
+        token): ``Authorization`` with ROUTER_MODEL_ACCESS_TOKEN when it is set."""
+        if self.model_access_token is None:
+            return ()
+        return (("Authorization", f"Bearer {self.model_access_token}"),)
 
     def trusts(self, peer: str) -> bool:
         """Whether the connection's peer address is one of ROUTER_TRUSTED_PROXIES."""
@@ -149,6 +161,8 @@ class RouterConfig:
             shadow_queue=env_int(env, "ROUTER_SHADOW_QUEUE", 64, 1, 10_000),
             refresh_interval_s=env_float(env, "ROUTER_REFRESH_S", 0.25, 0.01, 1.0),
             model_admin_token=env_str(env, "ROUTER_MODEL_ADMIN_TOKEN"),
+            model_access_token=env_token(env, "ROUTER_MODEL_ACCESS_TOKEN"),
+            metrics_token=env_token(env, "METRICS_TOKEN"),
             prometheus_url=env_str(env, "ROUTER_PROMETHEUS_URL"),
             trusted_proxies=parse_trusted_proxies(env_str(env, "ROUTER_TRUSTED_PROXIES")),
             request_metrics=env_bool(env, "ROUTER_REQUEST_METRICS", True),

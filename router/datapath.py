@@ -22,7 +22,7 @@ from metrics.router import RouterMetrics
 from router.config import RouterConfig
 from router.live_state import LiveState
 from router.shadow import Mirror, MirrorJob, Tolerance
-from router.slots import SlotVersions
+from router.slots import SlotVersions, access_refused
 from router.upstream import Timeout, Unreachable, UpstreamPool, UpstreamResponse, end_to_end
 from strategies import Decision, RequestFacts, route
 
@@ -69,6 +69,7 @@ class DataPath:
         self.pools = pools
         self.metrics = metrics
         self.mirror = mirror
+        self.model_headers = config.model_headers
         self.rng = random.Random()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -90,6 +91,7 @@ class DataPath:
             headers = client_headers(environ)
             headers.append(("X-Request-ID", request_id))
             headers.append(("X-Forwarded-For", self._forwarded_for(environ)))
+            headers += self.model_headers  # the client's Authorization never goes upstream
             resp, slot = self._forward(decision, body, headers, deadline)
             status, payload = resp.status, resp.body
             out = []
@@ -174,5 +176,12 @@ class DataPath:
             if resp.status >= 500:
                 self.metrics.child(self.metrics.upstream_errors, _served(resp, self.slots, slot),
                                    "http_5xx").inc()
+            elif resp.status == 401:  # the router's credential, not the client's: a 502
+                self.metrics.child(self.metrics.upstream_errors, self.slots.label(slot),
+                                   "unauthorized").inc()
+                raise BadGateway(
+                    f"slot {slot} {access_refused(self.config.model_access_token is not None)}",
+                    code="upstream_unauthorized",
+                )
             return resp, slot
         raise BadGateway(f"no model service answered: {last}", code="upstream_unreachable")

@@ -4,7 +4,9 @@ The admin tokens are kept across runs in ``var/tokens.env`` (mode 0600), so the 
 ``export ROLLOUT_TOKEN=...`` line stays valid as long as the routing state in ``var/`` does;
 ``ROUTER_ADMIN_TOKEN`` and ``MODEL_ADMIN_TOKEN`` in the environment take precedence. The router
 gets the model services' token as ``ROUTER_MODEL_ADMIN_TOKEN``, so every strategy works, including
-``release-in-place``. ``DEVSTACK_PORT=P`` moves the three servers to P, P+1 and P+2 (``0``: any free
+``release-in-place``. ``MODEL_ACCESS_TOKEN`` and ``METRICS_TOKEN`` are not set unless the environment
+sets them; a ``MODEL_ACCESS_TOKEN`` given there also becomes the router's
+``ROUTER_MODEL_ACCESS_TOKEN``. ``DEVSTACK_PORT=P`` moves the three servers to P, P+1 and P+2 (``0``: any free
 ports). Ctrl-C, SIGTERM or SIGHUP stops each server once with SIGTERM; a second signal while they
 stop only says that they are stopping.
 
@@ -156,13 +158,13 @@ def _start(argv: list[str], env: dict[str, str], sock: socket.socket) -> subproc
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], stop: StopRequest,
-                timeout: float = 60.0) -> bool:
+                timeout: float = 60.0, headers: Mapping[str, str] | None = None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and stop.signal is None:
         if proc.poll() is not None:
             return False
         try:
-            if requests.get(url + "/ready", timeout=1).status_code == 200:
+            if requests.get(url + "/ready", headers=headers, timeout=1).status_code == 200:
                 return True
         except requests.RequestException:
             pass
@@ -197,6 +199,11 @@ def _run(stop: StopRequest) -> int:
         "ROUTER_MODEL_ADMIN_TOKEN": tokens["MODEL_ADMIN_TOKEN"],  # release-in-place reloads
         "ROUTER_STATE_URL": os.environ.get("ROUTER_STATE_URL", "var/router-state.db"),
     }
+    access = (base.get("MODEL_ACCESS_TOKEN") or "").strip()
+    probe: dict[str, dict[str, str]] = {name: {} for name in ROLES}
+    if access:  # the model services answer only with it, the router's checks included
+        router_env.setdefault("ROUTER_MODEL_ACCESS_TOKEN", access)
+        probe["v1"] = probe["v2"] = {"Authorization": f"Bearer {access}"}
     os.makedirs("var", exist_ok=True)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
@@ -207,7 +214,8 @@ def _run(stop: StopRequest) -> int:
         for sock in socks.values():
             sock.close()  # the servers hold their own copies
         for name in ("v1", "v2", "router"):
-            if not _wait_ready(urls[name], procs[name], stop) and stop.signal is None:
+            if not _wait_ready(urls[name], procs[name], stop, headers=probe[name]) \
+                    and stop.signal is None:
                 print(f"error: {name} did not become ready at {urls[name]}; see the log above",
                       file=sys.stderr)
                 return 1

@@ -17,10 +17,12 @@ from flask import current_app
 
 from common.openapi import (
     BEARER_SCHEME,
+    METRICS_SCHEME,
     NULLABLE_STRING,
     STRING,
     document,
     errors,
+    guarded,
     header,
     header_parameter,
     json_body,
@@ -72,7 +74,7 @@ def _upstream_predict_body(ctx: RouterContext) -> dict[str, Any] | None:
     """The stable model service's ``/predict`` request body, or None when it cannot say."""
     pool = ctx.pools[ctx.live.current.routing.stable]
     try:
-        resp = pool.request("GET", "/openapi.json", b"", [],
+        resp = pool.request("GET", "/openapi.json", b"", list(ctx.config.model_headers),
                             time.monotonic() + min(UPSTREAM_SPEC_BUDGET_S, ctx.config.timeout_s))
         if resp.status != 200:
             return None
@@ -124,11 +126,15 @@ def _schemas(ctx: RouterContext) -> dict[str, Any]:
                             "description": "Percent of client traffic each version answers."},
                 "upstreams": {"type": "object", "additionalProperties": STRING},
                 "slots": {"type": "object", "additionalProperties": _object(
-                    ["url", "version", "role", "weight", "idle"], {
+                    ["url", "version", "role", "weight", "idle", "problem"], {
                         "url": STRING, "version": NULLABLE_STRING,
                         "role": {"type": "string", "enum": ["stable", "candidate", None],
                                  "nullable": True},
-                        "weight": PERCENT, "idle": {"type": "boolean"}})},
+                        "weight": PERCENT, "idle": {"type": "boolean"},
+                        "problem": {"type": "string", "nullable": True,
+                                    "description": "Why the router could not learn the slot's "
+                                                   "version (unreachable, refused the router's "
+                                                   "access token), else null."}})},
                 "rollout": {"$ref": f"{SCHEMAS}Rollout"},
                 "store": _object(["reachable", "error"], {"reachable": {"type": "boolean"},
                                                           "error": NULLABLE_STRING}),
@@ -220,6 +226,8 @@ def _data_path(ctx: RouterContext) -> dict[str, Any]:
     failures = errors(*sorted(statuses), meanings={
         404: "X-Route-To names a version that is not configured.",
         413: f"Body over {config.max_body_bytes} bytes, or more rows than the model service takes.",
+        502: "No model service answered, or one refused the router's access token "
+             "(code upstream_unauthorized: ROUTER_MODEL_ACCESS_TOKEN is wrong or missing).",
         503: "The model service that was picked has no model loaded.",
     })
     for response in failures.values():
@@ -248,7 +256,9 @@ def _service_paths(versions: list[str]) -> dict[str, Any]:
                 "status": {"type": "string", "enum": ["ready"]},
                 "stable": {"type": "string", "enum": versions},
                 "config_version": {"type": "integer", "minimum": 1}})),
-            **errors(503, meanings={503: "State not loaded, or the stable version not ready."}),
+            **errors(503, meanings={503: "State not loaded, or the stable version not ready "
+                                         "(code upstream_unauthorized: it refused the router's "
+                                         "access token)."}),
         })},
         "/metrics": {"get": operation("Prometheus metrics",
                                       {"200": plain_text("Text exposition format")})},
@@ -358,12 +368,16 @@ def router_spec() -> dict[str, Any]:
     """The document for the router handling the current request."""
     ctx = _ctx()
     versions = list(ctx.config.upstreams)
+    paths = {"/predict": _data_path(ctx), **_service_paths(versions), **_admin_paths(versions)}
+    schemes = {"bearer": BEARER_SCHEME}
+    if ctx.config.metrics_token is not None:
+        schemes["metrics"] = METRICS_SCHEME
+        paths["/metrics"] = guarded(paths["/metrics"], "metrics")
     return document(
         "Model traffic router", "1",
         f"Routes POST /predict to one of {', '.join(versions)} by the current strategy; the "
         "admin API changes the routing. Errors are JSON: {\"error\": {\"code\", \"message\"}}.",
-        {"/predict": _data_path(ctx), **_service_paths(versions), **_admin_paths(versions)},
-        _schemas(ctx), security_schemes={"bearer": BEARER_SCHEME},
+        paths, _schemas(ctx), security_schemes=schemes,
     )
 
 

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -114,13 +114,15 @@ class RolloutController:
 
     def __init__(self, live: LiveState, source: MetricSource, pools: dict[str, UpstreamPool],
                  metrics: Any, model_admin_token: str | None, slots: SlotVersions,
-                 tick_s: float = 0.2, analyse: Analyse = analyse) -> None:
+                 tick_s: float = 0.2, analyse: Analyse = analyse,
+                 model_headers: Sequence[tuple[str, str]] = ()) -> None:
         self.live = live
         self.slots = slots
         self.source = source
         self.pools = pools
         self.metrics = metrics
         self.model_admin_token = model_admin_token
+        self.model_headers = list(model_headers)  # the access token, on every call but a reload
         self.tick_s = tick_s
         self.analyse = analyse
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -289,7 +291,8 @@ class RolloutController:
     # -- model-service calls ----------------------------------------------------------------------
     def ready(self, version: str) -> bool:
         try:
-            resp = self.pools[version].request("GET", "/ready", b"", [], time.monotonic() + 2.0)
+            resp = self.pools[version].request("GET", "/ready", b"", self.model_headers,
+                                               time.monotonic() + 2.0)
         except (UpstreamError, KeyError):
             return False
         return resp.status == 200

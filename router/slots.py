@@ -29,6 +29,15 @@ REFRESH_S = 5.0
 CHECK_BUDGET_S = 2.0
 
 
+def access_refused(token_sent: bool) -> str:
+    """What a model service's 401 to the router means, for the operator (after the slot's name)."""
+    if token_sent:
+        return ("refused the router's access token (401): set ROUTER_MODEL_ACCESS_TOKEN to the "
+                "model services' MODEL_ACCESS_TOKEN")
+    return ("needs an access token (401): set ROUTER_MODEL_ACCESS_TOKEN to the model services' "
+            "MODEL_ACCESS_TOKEN")
+
+
 class SlotVersions:
     """The served version of every slot, as this process last learnt it (None: not known)."""
 
@@ -39,6 +48,7 @@ class SlotVersions:
         self.headers = headers
         self.refresh_s = refresh_s
         self._served: dict[str, str | None] = dict.fromkeys(pools)
+        self._problems: dict[str, str | None] = dict.fromkeys(pools)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -54,17 +64,32 @@ class SlotVersions:
     def all(self) -> dict[str, str | None]:
         return dict(self._served)
 
+    def problem(self, slot: str) -> str | None:
+        """Why the slot's last ``GET /version`` gave no version (None: it did)."""
+        return self._problems.get(slot)
+
     def ask(self, slot: str) -> str | None:
         """``GET /version`` of one slot now: its version, or None when it does not say."""
+        headers = self.headers()
+        problem = None
+        version = None
         try:
-            resp = self.pools[slot].request("GET", "/version", b"", self.headers(),
+            resp = self.pools[slot].request("GET", "/version", b"", headers,
                                             time.monotonic() + CHECK_BUDGET_S)
-            if resp.status != 200:
-                return None
-            version = orjson.loads(resp.body).get("version")
-        except (UpstreamError, orjson.JSONDecodeError, AttributeError):
-            return None
-        return version if isinstance(version, str) and version else None
+            if resp.status == 401:
+                problem = access_refused(any(n.lower() == "authorization" for n, _ in headers))
+            elif resp.status != 200:
+                problem = f"GET /version answered {resp.status}"
+            else:
+                version = orjson.loads(resp.body).get("version")
+        except UpstreamError as exc:
+            problem = f"unreachable: {exc}"
+        except (orjson.JSONDecodeError, AttributeError):
+            pass
+        if problem is None and not (isinstance(version, str) and version):
+            problem, version = "GET /version did not name a version", None
+        self._problems[slot] = problem
+        return version
 
     def refresh(self, slot: str | None = None) -> dict[str, str | None]:
         """Ask one slot (or every slot) which version it serves; a silent slot keeps its last."""

@@ -82,13 +82,17 @@ class ServerProcess:
         )
         self.sock.close()
         self.ready_path = ready_path
+        # the readiness probe's headers: a model service under MODEL_ACCESS_TOKEN needs it
+        token = env.get("MODEL_ACCESS_TOKEN")
+        self.ready_headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def wait_ready(self, timeout: float = 30.0) -> ServerProcess:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                return requests.get(self.url + self.ready_path, timeout=1).status_code == 200
+                return requests.get(self.url + self.ready_path, headers=self.ready_headers,
+                                    timeout=1).status_code == 200
             except requests.RequestException:
                 return False
 

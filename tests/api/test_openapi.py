@@ -282,3 +282,56 @@ def test_fuzzing_the_router_without_the_admin_token(v1_service: ServerProcess,
                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()
         assert state["config_version"] == 1  # nothing changed without the token
 
+
+
+# -- MODEL_ACCESS_TOKEN and METRICS_TOKEN ------------------------------------------------------
+
+
+def test_a_guarded_model_service_documents_its_tokens_and_its_401s(artifacts: Path) -> None:
+    app = create_model_app(ModelServiceConfig(version="v1", artifacts=str(artifacts),
+                                              admin_token=MODEL_TOKEN, access_token="access",
+                                              metrics_token="metrics"))
+    client = app.test_client()
+    assert client.get("/openapi.json").status_code == 401  # the document is behind the token too
+    doc = client.get("/openapi.json", headers={"Authorization": "Bearer access"}).get_json()
+    assert_valid_openapi(doc)
+    schemes = doc["components"]["securitySchemes"]
+    assert set(schemes) == {"bearer", "access", "metrics"}
+    assert all((s["type"], s["scheme"]) == ("http", "bearer") for s in schemes.values())
+    wanted = {"/health": None, "/admin/reload": "bearer", "/metrics": "metrics"}
+    for path, method, operation in _operations(doc):
+        scheme = wanted.get(path, "access")
+        assert operation.get("security") == ([{scheme: []}] if scheme else None), (method, path)
+        if scheme is None:
+            continue
+        assert "WWW-Authenticate" in operation["responses"]["401"]["headers"], (method, path)
+        refused = client.open(path, method=method.upper(), json={"instances": [ROW]})
+        assert refused.status_code == 401, (method, path)
+        _assert_documented(doc, path, method, refused)
+
+
+def test_the_router_documents_its_metrics_token(tmp_path: Path) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    with in_process_router({"v1": down, "v2": down}, tmp_path, metrics_token="metrics") as app:
+        client = app.test_client()
+        doc = client.get("/openapi.json").get_json()
+        assert_valid_openapi(doc)
+        assert doc["paths"]["/metrics"]["get"]["security"] == [{"metrics": []}]
+        assert "security" not in doc["paths"]["/health"]["get"]
+        refused = client.get("/metrics")
+        assert refused.status_code == 401
+        _assert_documented(doc, "/metrics", "get", refused)
+        assert client.get("/metrics", headers={"Authorization": "Bearer metrics"}).status_code == 200
+
+
+@pytest.mark.slow
+def test_fuzzing_a_guarded_model_service_with_the_access_token(artifacts: Path, log_dir: Path,
+                                                               tmp_path: Path) -> None:
+    with model_service("v1", artifacts, log_dir, MODEL_ADMIN_TOKEN=MODEL_TOKEN,
+                       MODEL_ACCESS_TOKEN="access", METRICS_TOKEN="metrics",
+                       WEB_CONCURRENCY="1") as server:
+        server.wait_ready()
+        run = fuzz(server.url, tmp_path, token="access", max_examples=10)
+        assert_clean(run)  # ignored_auth: every guarded operation refuses a request without it
+        assert run.answers("POST /predict", "accepted") > 0
+        assert run.answers("POST /admin/reload", "accepted") == 0  # the admin token opens it

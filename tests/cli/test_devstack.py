@@ -152,6 +152,20 @@ def test_release_in_place_works_under_make_run(start: Starter, tmp_path: Path) -
     assert served == "v2"  # stable's own service was reloaded with the router's model token
 
 
+def test_an_access_token_from_the_environment_reaches_the_router(start: Starter,
+                                                                tmp_path: Path) -> None:
+    stack = start(tmp_path, MODEL_ACCESS_TOKEN="local-access")
+    url, _ = stack.up()  # the readiness probes of the model services carried the token
+
+    model = stack.url_of("v1")
+    assert requests.get(model + "/version", timeout=5).status_code == 401
+    assert requests.get(model + "/version", headers={"Authorization": "Bearer local-access"},
+                        timeout=5).json()["version"] == "v1"
+    resp = requests.post(url + "/predict", json={"instances": [ROW]}, timeout=10)
+    assert resp.status_code == 200, resp.text  # the router sends ROUTER_MODEL_ACCESS_TOKEN
+    assert requests.get(url + "/metrics", timeout=5).status_code == 200  # no METRICS_TOKEN set
+
+
 def test_tokens_and_state_survive_a_restart(start: Starter, tmp_path: Path) -> None:
     first = start(tmp_path)
     url, token = first.up()

@@ -211,3 +211,32 @@ def test_every_query_names_an_exported_metric(exported: set[str], source: str) -
 
     assert len(used) >= 5
     assert unknown == {}
+
+
+def heroku_jobs() -> list[dict[str, Any]]:
+    """The commented Heroku scrape jobs at the end of prometheus.yml, uncommented."""
+    text = (DEPLOY / "prometheus.yml").read_text()
+    block = text.split("# Heroku: one app per role", 1)[1].split("\n", 1)[1]
+    lines = [line.replace("  # ", "  ", 1) for line in block.splitlines() if line.strip()]
+    jobs: list[dict[str, Any]] = yaml.safe_load("\n".join(lines))
+    return jobs
+
+
+def test_heroku_jobs_send_the_metrics_token() -> None:
+    jobs = heroku_jobs()
+    assert [job["job_name"] for job in jobs] == ["router", "model-services"]
+    for job in jobs:
+        assert job["scheme"] == "https"
+        assert job["authorization"] == {"type": "Bearer", "credentials_file": "metrics-token"}
+    assert "unauthenticated" not in (DEPLOY / "prometheus.yml").read_text()
+
+
+def test_promtool_accepts_the_heroku_jobs(tmp_path: Path) -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    config["scrape_configs"] = heroku_jobs()
+    config.pop("rule_files")
+    (tmp_path / "metrics-token").write_text("metrics-secret\n")
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    proc = subprocess.run([promtool(), "check", "config", "prometheus.yml"], check=False,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

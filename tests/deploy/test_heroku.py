@@ -14,7 +14,7 @@ PLATFORM_SET = {"PORT", "DYNO"}  # Heroku sets them for every dyno; an app canno
 # set by the server for its own workers
 INTERNAL = {"SERVICE_RUNTIME_DIR", "SERVICE_RUNTIME_OWNED", "SERVICE_RUN_ID"}
 _READ = re.compile(
-    r"(?:env_(?:str|int|float|bool)\(\s*env,\s*|os\.environ(?:\.get\(|\.setdefault\(|\[)\s*"
+    r"(?:env_(?:str|int|float|bool|token)\(\s*env,\s*|os\.environ(?:\.get\(|\.setdefault\(|\[)\s*"
     r'|os\.getenv\(\s*)"([A-Z][A-Z0-9_]+)"'
 )
 
@@ -60,7 +60,7 @@ def test_app_json_uses_the_python_buildpack_and_generates_secrets() -> None:
     doc = manifest()
     assert doc["buildpacks"] == [{"url": "heroku/python"}]
     assert doc["env"]["APP_ROLE"]["required"] is True
-    for token in ("ROUTER_ADMIN_TOKEN", "MODEL_ADMIN_TOKEN"):
+    for token in ("ROUTER_ADMIN_TOKEN", "MODEL_ADMIN_TOKEN", "MODEL_ACCESS_TOKEN", "METRICS_TOKEN"):
         assert doc["env"][token].get("generator") == "secret"
         assert "value" not in doc["env"][token]
 
