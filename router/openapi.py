@@ -128,7 +128,10 @@ def _schemas(ctx: RouterContext) -> dict[str, Any]:
                         "url": STRING, "version": NULLABLE_STRING,
                         "role": {"type": "string", "enum": ["stable", "candidate", None],
                                  "nullable": True},
-                        "weight": PERCENT, "idle": {"type": "boolean"}})},
+                        "weight": PERCENT, "idle": {"type": "boolean"},
+                        "error": {**NULLABLE_STRING, "description": (
+                            "Why this router worker's last new connection to the slot failed "
+                            "(refused, TLS certificate not trusted, ...); null once one works.")}})},
                 "rollout": {"$ref": f"{SCHEMAS}Rollout"},
                 "store": _object(["reachable", "error"], {"reachable": {"type": "boolean"},
                                                           "error": NULLABLE_STRING}),
