@@ -347,7 +347,7 @@ class UpstreamPool:
                 sock.close()
                 raise self._failed(Unreachable(
                     "tls_verify", f"TLS certificate verification failed for {self.base_url}: "
-                    f"{exc.verify_message or exc.reason}; trust the server's CA with SSL_CERT_FILE "
+                    f"{str(exc.verify_message or exc.reason).rstrip('.')}; trust the server's CA with SSL_CERT_FILE "
                     "or fix the certificate")) from None
             except (TimeoutError, socket.timeout):
                 sock.close()
