@@ -93,50 +93,47 @@ class _Stale(Unreachable):
 
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
-_FIELD = rb"[\x21-\x7e\x80-\xff]+"
-_HEADER_LINE = re.compile(
-    rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*((?:" + _FIELD + rb"(?:[ \t]+" + _FIELD + rb")*)?)[ \t]*"
-)
+_STATUS_LINE = re.compile(r"HTTP/1\.([01]) ([0-9]{3})(?: [^\x00-\x08\x0a-\x1f\x7f]*)?")
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not allowed in a field value (HTAB is)
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\n]*)?[ \t]*")
 _MAX_HEADER_BYTES = 64 * 1024
 
 
-def _header_lines(lines: list[bytes]) -> list[tuple[str, str]]:
+def _split_head(block: bytes) -> list[str]:
+    """The lines of a header block (without its blank line); CRLF or a bare LF ends a line."""
+    text = block.decode("latin-1")
+    if text.endswith("\r"):  # the blank line's search starts at the last line's LF
+        text = text[:-1]
+    if text.count("\n") == text.count("\r\n"):
+        return text.split("\r\n")
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
+def _header_lines(lines: list[str]) -> list[tuple[str, str]]:
     """``name: value`` lines, obs-folded continuations joined with a space (RFC 9112 5.2)."""
     headers: list[tuple[str, str]] = []
-    joined: list[bytes] = []
     for line in lines:
-        if line[:1] in (b" ", b"\t"):
-            if not joined:
+        if line[:1] in (" ", "\t"):
+            if not headers:
                 raise ProtocolError(f"continuation line before any header: {line!r}")
-            joined[-1] += b" " + line.lstrip(b" \t")
-        else:
-            joined.append(line)
-    for line in joined:
-        match = _HEADER_LINE.fullmatch(line)
-        if match is None:
+            name, value = headers[-1]
+            headers[-1] = (name, (value + " " + line.lstrip(" \t")).strip(" \t"))
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or _TOKEN.fullmatch(name) is None:
             raise ProtocolError(f"bad header line {line!r}")
-        headers.append((match[1].decode("latin-1"), match[2].decode("latin-1")))
+        headers.append((name, value.strip(" \t")))
+    for name, value in headers:
+        if _CONTROL.search(value):
+            raise ProtocolError(f"a control character in the value of {name}: {value!r}")
     return headers
 
 
-def _split_head(block: bytes) -> list[bytes]:
-    """The lines of a header block (without its blank line); CRLF or a bare LF ends a line."""
-    lines = block.split(b"\n")
-    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
-
-
-@dataclass(frozen=True)
-class _Framing:
-    length: int | None  # Content-Length, if given
-    chunked: bool
-    close: bool  # Connection: close
-
-
-def _framing(headers: list[tuple[str, str]], http10: bool) -> _Framing:
-    """How the body is delimited, refusing every ambiguity a request smuggler could use."""
+def _framing(headers: list[tuple[str, str]], http10: bool) -> tuple[int | None, bool, bool]:
+    """Content-Length (if given), chunked, and Connection: close; refusing every ambiguity a
+    request smuggler could use."""
     length: int | None = None
     chunked = False
     close = http10
@@ -159,7 +156,7 @@ def _framing(headers: list[tuple[str, str]], http10: bool) -> _Framing:
                 close = True
     if chunked and length is not None:
         raise ProtocolError("both Content-Length and Transfer-Encoding: the body's end is ambiguous")
-    return _Framing(length, chunked, close)
+    return length, chunked, close
 
 
 class Connection:
@@ -239,7 +236,7 @@ class Connection:
                 raise ProtocolError(f"bad status line {lines[0]!r}")
             status = int(status_match[2])
             headers = _header_lines(lines[1:])
-            framing = _framing(headers, status_match[1] == b"0")
+            length, chunked, close = _framing(headers, status_match[1] == "0")
             if status == 101:
                 raise ProtocolError("the upstream switched protocols; only HTTP/1.1 is spoken here")
             if status < 100:
@@ -249,13 +246,11 @@ class Connection:
             # An interim response (100 Continue to a forwarded Expect, 103 Early Hints): the
             # final one follows on the same connection; returning this one would hand the next
             # request on the connection the previous request's answer.
-        close = framing.close
         if bodiless or status in (204, 304):
             payload = b""
-        elif framing.chunked:
+        elif chunked:
             payload, buf = self._read_chunked(buf, deadline)
-        elif framing.length is not None:
-            length = framing.length
+        elif length is not None:
             while len(buf) < length:
                 buf += self._more(deadline)
             payload, buf = buf[:length], buf[length:]
