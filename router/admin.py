@@ -149,7 +149,8 @@ def validate_patch(doc: dict[str, Any], upstreams: dict[str, str]) -> dict[str, 
 
 
 def slots_body(ctx: RouterContext, snap: Snapshot) -> dict[str, Any]:
-    """Every slot: its URL, the version it serves, its role, and whether it gets traffic."""
+    """Every slot: its URL, the version it serves, its role, whether it gets traffic, and why the
+    router cannot connect to it (``error``: e.g. its TLS certificate is not trusted), if it cannot."""
     routing = snap.routing
     weights = ctx.weights(routing)
     out = {}

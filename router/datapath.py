@@ -23,7 +23,9 @@ from router.config import RouterConfig
 from router.live_state import LiveState
 from router.shadow import Mirror, MirrorJob, Tolerance
 from router.slots import SlotVersions, access_refused
-from router.upstream import Timeout, Unreachable, UpstreamPool, UpstreamResponse, end_to_end
+from router.upstream import (
+    BadResponse, Timeout, Unreachable, UpstreamPool, UpstreamResponse, end_to_end,
+)
 from strategies import Decision, RequestFacts, route
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -173,6 +175,11 @@ class DataPath:
                     f"slot {slot} ({self.slots.label(slot)}) did not answer within "
                     f"ROUTER_TIMEOUT_S={self.config.timeout_s:g} s", code="upstream_timeout",
                 ) from None
+            except BadResponse as exc:  # processed upstream, maybe: not sent again elsewhere
+                self.metrics.child(self.metrics.upstream_errors, self.slots.label(slot),
+                                   exc.reason).inc()
+                raise BadGateway(f"slot {slot} ({self.slots.label(slot)}) answered badly: {exc}",
+                                 code="upstream_bad_response") from None
             if resp.status >= 500:
                 self.metrics.child(self.metrics.upstream_errors, _served(resp, self.slots, slot),
                                    "http_5xx").inc()
@@ -184,4 +191,6 @@ class DataPath:
                     code="upstream_unauthorized",
                 )
             return resp, slot
-        raise BadGateway(f"no model service answered: {last}", code="upstream_unreachable")
+        raise BadGateway(f"no model service answered: {last}",
+                         code="upstream_tls_verify_failed" if last.reason == "tls_verify"
+                         else "upstream_unreachable")

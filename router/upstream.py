@@ -4,12 +4,19 @@ A pool per upstream keeps idle connections (LIFO, so warm ones are reused). Fail
 by whether the request could have reached the upstream:
 
     UpstreamError
-    ├── Unreachable   refused, reset before a response, or connect timeout: safe to retry elsewhere
-    └── Timeout       no response within the request's budget
+    ├── Unreachable   refused, reset before a response, connect timeout, TLS failure: safe to
+    │                 retry elsewhere
+    ├── Timeout       no response within the request's budget
+    └── BadResponse   an answer that is not HTTP/1.1 this client can delimit: not retried
+
+An ``https://`` upstream's certificate is verified against the system's CAs, or those of the
+bundle ``SSL_CERT_FILE`` names; a failure says which certificate and why.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import socket
 import ssl
 import threading
@@ -17,6 +24,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
 
 HOP_BY_HOP = frozenset(
     {
@@ -66,120 +75,231 @@ def end_to_end(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(n, v) for n, v in headers if n.lower() not in drop and not n.lower().startswith("proxy-")]
 
 
+class BadResponse(UpstreamError):
+    """The upstream answered with bytes that are not an HTTP/1.1 response this client can trust.
+
+    The request reached the upstream and may have been processed: not retried.
+    """
+
+    reason = "bad_response"
+
+
 class ProtocolError(Exception):
     """The upstream's response is not HTTP/1.1 we can read."""
+
+
+class _Stale(Unreachable):
+    """A pooled connection the upstream had closed: nothing of a response came back."""
+
+
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+_STATUS_LINE = re.compile(r"HTTP/1\.([01]) ([0-9]{3})(?: [^\x00-\x08\x0a-\x1f\x7f]*)?")
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not allowed in a field value (HTAB is)
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\n]*)?[ \t]*")
+_MAX_HEADER_BYTES = 64 * 1024
+
+
+def _split_head(block: bytes) -> list[str]:
+    """The lines of a header block (without its blank line); CRLF or a bare LF ends a line."""
+    text = block.decode("latin-1")
+    if text.endswith("\r"):  # the blank line's search starts at the last line's LF
+        text = text[:-1]
+    if text.count("\n") == text.count("\r\n"):
+        return text.split("\r\n")
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
+def _header_lines(lines: list[str]) -> list[tuple[str, str]]:
+    """``name: value`` lines, obs-folded continuations joined with a space (RFC 9112 5.2)."""
+    headers: list[tuple[str, str]] = []
+    for line in lines:
+        if line[:1] in (" ", "\t"):
+            if not headers:
+                raise ProtocolError(f"continuation line before any header: {line!r}")
+            name, value = headers[-1]
+            headers[-1] = (name, (value + " " + line.lstrip(" \t")).strip(" \t"))
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or _TOKEN.fullmatch(name) is None:
+            raise ProtocolError(f"bad header line {line!r}")
+        headers.append((name, value.strip(" \t")))
+    for name, value in headers:
+        if _CONTROL.search(value):
+            raise ProtocolError(f"a control character in the value of {name}: {value!r}")
+    return headers
+
+
+def _framing(headers: list[tuple[str, str]], http10: bool) -> tuple[int | None, bool, bool]:
+    """Content-Length (if given), chunked, and Connection: close; refusing every ambiguity a
+    request smuggler could use."""
+    length: int | None = None
+    chunked = False
+    close = http10
+    for name, value in headers:
+        lname = name.lower()
+        if lname == "content-length":
+            values = {v.strip() for v in value.split(",")}
+            given = values.pop()
+            if values or not _DIGITS.fullmatch(given):
+                raise ProtocolError(f"bad Content-Length {value!r}")
+            if length is not None and length != int(given):
+                raise ProtocolError("conflicting Content-Length headers")
+            length = int(given)
+        elif lname == "transfer-encoding":
+            if chunked or value.lower() != "chunked":
+                raise ProtocolError(f"unsupported Transfer-Encoding {value!r}; only chunked is read")
+            chunked = True
+        elif lname == "connection":
+            if "close" in (token.strip().lower() for token in value.split(",")):
+                close = True
+    if chunked and length is not None:
+        raise ProtocolError("both Content-Length and Transfer-Encoding: the body's end is ambiguous")
+    return length, chunked, close
 
 
 class Connection:
     """One keep-alive HTTP/1.1 connection to a model service.
 
     A small client for a known peer: the hot path of the router spends most of its CPU in
-    ``http.client``'s generic header parsing, which this avoids.
+    ``http.client``'s generic header parsing, which this avoids. It reads responses as strictly
+    as h11 does (``tests/router/test_upstream_framing.py`` holds it to that): anything it cannot
+    delimit without guessing is refused, and a connection is reused only when the response
+    ended exactly where the upstream said it would.
     """
 
     def __init__(self, sock: socket.socket, host_header: bytes) -> None:
         self.sock = sock
         self.host_header = host_header
-        self.buffer = b""
+        self.received = False  # a byte of the response to the current request has arrived
 
     def close(self) -> None:
         self.sock.close()
 
+    def idle_ok(self) -> bool:
+        """False when the upstream closed this idle connection, or sent bytes nobody asked for."""
+        try:
+            self.sock.settimeout(0.0)
+            self.sock.recv(1)
+        except (BlockingIOError, ssl.SSLWantReadError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        return False  # end of stream, or stray bytes: either way the connection is done
+
     def _recv(self, deadline: float) -> bytes:
+        """The next bytes; b"" at the end of the stream."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("budget spent")
         self.sock.settimeout(remaining)
         chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionResetError("connection closed by the upstream")
+        if chunk:
+            self.received = True
         return chunk
 
-    def exchange(self, head: bytes, body: bytes, deadline: float) -> tuple[UpstreamResponse, bool]:
-        """Send one request; returns the response and whether the connection can be reused."""
+    def _more(self, deadline: float) -> bytes:
+        chunk = self._recv(deadline)
+        if not chunk:
+            raise ConnectionResetError("connection closed by the upstream before the response ended")
+        return chunk
+
+    def exchange(self, head: bytes, body: bytes, deadline: float,
+                 bodiless: bool = False) -> tuple[UpstreamResponse, bool]:
+        """Send one request; returns the response and whether the connection can be reused.
+
+        ``bodiless``: the request was HEAD, so the response has no body whatever it says.
+        """
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("budget spent")
+        self.received = False
         self.sock.settimeout(remaining)
         self.sock.sendall(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
             self.sock.sendall(body)
-        buf = self.buffer
+        buf = b""
         while True:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
+            if buf[:1] == b"\n" or buf[:2] == b"\r\n":
+                raise ProtocolError("a blank line where the status line belongs")
+            match = _BLANK_LINE.search(buf)
+            if match is None:
                 if len(buf) > _MAX_HEADER_BYTES:
                     raise ProtocolError("response headers too large")
-                buf += self._recv(deadline)
+                buf += self._more(deadline)
                 continue
-            lines = buf[:end].decode("latin-1").split("\r\n")
-            buf = buf[end + 4:]
-            version, _, rest = lines[0].partition(" ")
-            try:
-                status = int(rest[:3])
-            except ValueError:
-                raise ProtocolError(f"bad status line {lines[0]!r}") from None
+            lines = _split_head(buf[:match.start()])
+            buf = buf[match.end():]
+            status_match = _STATUS_LINE.fullmatch(lines[0])
+            if status_match is None:
+                raise ProtocolError(f"bad status line {lines[0]!r}")
+            status = int(status_match[2])
+            headers = _header_lines(lines[1:])
+            length, chunked, close = _framing(headers, status_match[1] == "0")
             if status == 101:
                 raise ProtocolError("the upstream switched protocols; only HTTP/1.1 is spoken here")
-            if not 100 <= status < 200:
+            if status < 100:
+                raise ProtocolError(f"bad status code {status}")
+            if status >= 200:
                 break
             # An interim response (100 Continue to a forwarded Expect, 103 Early Hints): the
             # final one follows on the same connection; returning this one would hand the next
             # request on the connection the previous request's answer.
-        headers: list[tuple[str, str]] = []
-        length = -1
-        chunked = False
-        close = version != "HTTP/1.1"
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            name, value = name.strip(), value.strip()
-            headers.append((name, value))
-            lname = name.lower()
-            if lname == "content-length":
-                length = int(value)
-            elif lname == "transfer-encoding":
-                chunked = "chunked" in value.lower()
-            elif lname == "connection":
-                tokens = value.lower()
-                close = "close" in tokens or (close and "keep-alive" not in tokens)
-        if status in (204, 304):
-            length = 0
-        if chunked:
+        if bodiless or status in (204, 304):
+            payload = b""
+        elif chunked:
             payload, buf = self._read_chunked(buf, deadline)
-        elif length >= 0:
+        elif length is not None:
             while len(buf) < length:
-                buf += self._recv(deadline)
+                buf += self._more(deadline)
             payload, buf = buf[:length], buf[length:]
-        else:
+        else:  # no length given: the body runs to the end of the stream
             close = True
-            while True:
-                try:
-                    buf += self._recv(deadline)
-                except ConnectionResetError:
-                    break
+            while chunk := self._recv(deadline):
+                buf += chunk
             payload, buf = buf, b""
-        self.buffer = buf
-        return UpstreamResponse(status, headers, payload), not close
+        # Bytes after the response answer no request of ours: reusing the connection would
+        # hand them to the next request as its response.
+        return UpstreamResponse(status, headers, payload), not close and not buf
 
     def _read_chunked(self, buf: bytes, deadline: float) -> tuple[bytes, bytes]:
         parts = []
         while True:
             while b"\r\n" not in buf:
-                buf += self._recv(deadline)
+                if len(buf) > _MAX_HEADER_BYTES:
+                    raise ProtocolError("chunk header too long")
+                buf += self._more(deadline)
             line, _, buf = buf.partition(b"\r\n")
-            size = int(line.split(b";", 1)[0], 16)
+            match = _CHUNK_LINE.fullmatch(line)
+            if match is None:
+                raise ProtocolError(f"bad chunk header {line!r}")
+            size = int(match[1], 16)
             if size == 0:
-                while b"\r\n\r\n" not in b"\r\n" + buf:
-                    buf += self._recv(deadline)
-                trailer_end = (b"\r\n" + buf).index(b"\r\n\r\n")
-                return b"".join(parts), buf[trailer_end + 2:]
+                break
             while len(buf) < size + 2:
-                buf += self._recv(deadline)
+                buf += self._more(deadline)
+            if buf[size:size + 2] != b"\r\n":
+                raise ProtocolError(f"chunk data not followed by CRLF: {buf[size:size + 2]!r}")
             parts.append(buf[:size])
             buf = buf[size + 2:]
-
-
-_MAX_HEADER_BYTES = 64 * 1024
+        # The trailer section: header lines up to a blank line (or the blank line alone).
+        while True:
+            if buf[:1] == b"\n":
+                return b"".join(parts), buf[1:]
+            if buf[:2] == b"\r\n":
+                return b"".join(parts), buf[2:]
+            match = _BLANK_LINE.search(buf)
+            if match is not None:
+                break
+            if len(buf) > _MAX_HEADER_BYTES:
+                raise ProtocolError("trailers too large")
+            buf += self._more(deadline)
+        trailers = _header_lines(_split_head(buf[:match.start()]))
+        for name, _ in trailers:
+            if name.lower() in ("content-length", "transfer-encoding"):
+                raise ProtocolError(f"{name} in the trailers")
+        return b"".join(parts), buf[match.end():]
 
 
 class UpstreamPool:
@@ -198,6 +318,8 @@ class UpstreamPool:
         self._idle: list[Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        self.opened = 0  # connections (and so TLS handshakes) this process made to the upstream
+        self.last_error: str | None = None  # why the last new connection failed; None once one works
 
     def _new(self, timeout: float) -> Connection:
         limit = min(self.connect_timeout_s, timeout)
@@ -216,14 +338,40 @@ class UpstreamPool:
         if self.tls is not None:
             try:
                 sock = self.tls.wrap_socket(sock, server_hostname=self.host)
-            except (OSError, ssl.SSLError) as exc:
+            except ssl.SSLCertVerificationError as exc:
                 sock.close()
-                raise Unreachable("tls_error", f"TLS with {self.label} failed: {exc}") from None
+                raise self._failed(Unreachable(
+                    "tls_verify", f"TLS certificate verification failed for {self.base_url}: "
+                    f"{str(exc.verify_message or exc.reason).rstrip('.')}; trust the server's CA with SSL_CERT_FILE "
+                    "or fix the certificate")) from None
+            except (TimeoutError, socket.timeout):
+                sock.close()
+                raise Unreachable("connect_timeout", f"{self.label} did not complete the TLS "
+                                  f"handshake within {limit:.2f} s") from None
+            except OSError as exc:
+                sock.close()
+                raise self._failed(Unreachable(
+                    "tls_error", f"TLS with {self.label} ({self.base_url}) failed: {exc}")) from None
+        self.opened += 1
+        self.last_error = None
         return Connection(sock, self.host_header)
 
+    def _failed(self, exc: Unreachable) -> Unreachable:
+        """Remember why connecting failed, and log it when the reason is new."""
+        message = str(exc)
+        if message != self.last_error:
+            log.warning("%s: %s", self.label, message)
+        self.last_error = message
+        return exc
+
     def _checkout(self) -> Connection | None:
-        with self._lock:
-            return self._idle.pop() if self._idle else None
+        """The most recently used idle connection that is still open and quiet."""
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None or conn.idle_ok():
+                return conn
+            conn.close()
 
     def _checkin(self, conn: Connection) -> None:
         with self._lock:
@@ -235,35 +383,49 @@ class UpstreamPool:
     def request(
         self, method: str, path: str, body: bytes, headers: list[tuple[str, str]], deadline: float
     ) -> UpstreamResponse:
-        """Send one request, reusing a pooled connection; a stale pooled one is retried fresh."""
+        """Send one request, reusing a pooled connection; a stale pooled one is retried fresh.
+
+        A pooled connection is stale when the upstream closed it before any byte of the answer:
+        the request was not processed, so it is sent again on a new connection.
+        """
         head = "".join(
             [f"{method} {path} HTTP/1.1\r\nHost: {self.host_header.decode()}\r\n"]
             + [f"{name}: {value}\r\n" for name, value in headers]
             + [f"Content-Length: {len(body)}\r\n\r\n"]
         ).encode("latin-1")
+        bodiless = method == "HEAD"
         conn = self._checkout()
         if conn is not None:
             try:
-                return self._exchange(conn, head, body, deadline)
-            except Unreachable:
-                pass  # the pooled connection had been closed by the upstream; use a fresh one
+                return self._exchange(conn, head, body, deadline, bodiless)
+            except _Stale:
+                pass  # the upstream had closed the pooled connection; use a fresh one
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise Timeout(f"no time left in the budget to reach {self.label}")
-        return self._exchange(self._new(remaining), head, body, deadline)
-
-    def _exchange(self, conn: Connection, head: bytes, body: bytes, deadline: float) -> UpstreamResponse:
         try:
-            resp, reusable = conn.exchange(head, body, deadline)
+            return self._exchange(self._new(remaining), head, body, deadline, bodiless)
+        except _Stale as exc:
+            raise Unreachable(exc.reason, str(exc)) from None
+
+    def _exchange(self, conn: Connection, head: bytes, body: bytes, deadline: float,
+                  bodiless: bool) -> UpstreamResponse:
+        try:
+            resp, reusable = conn.exchange(head, body, deadline, bodiless)
         except (TimeoutError, socket.timeout):
             conn.close()
             raise Timeout(f"{self.label} did not answer within the budget") from None
-        except ConnectionError as exc:
+        except ProtocolError as exc:
             conn.close()
-            raise Unreachable("reset", f"{self.label} dropped the connection: {exc!r}") from None
-        except (OSError, ProtocolError, ValueError) as exc:
+            raise BadResponse(f"{self.label} sent a response that is not valid HTTP/1.1: "
+                              f"{exc}") from None
+        except OSError as exc:
             conn.close()
-            raise Unreachable("error", f"{self.label} failed: {exc!r}") from None
+            if not conn.received:
+                raise _Stale("reset", f"{self.label} closed the connection without answering: "
+                             f"{exc!r}") from None
+            raise Unreachable("reset", f"{self.label} dropped the connection in the middle of "
+                              f"its answer: {exc!r}") from None
         if reusable:
             self._checkin(conn)
         else:
