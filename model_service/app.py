@@ -20,6 +20,7 @@ from common.errors import (
     json_response,
     register_error_handlers,
 )
+from common.last_resort import LastResort
 from metrics.exposition import metrics_response
 from metrics.model import ModelMetrics
 from model_service.artifacts import ArtifactError
@@ -111,5 +112,5 @@ def create_app(
             }
         )
 
-    app.wsgi_app = PredictPath(app.wsgi_app, state)  # type: ignore[method-assign]
+    app.wsgi_app = LastResort(PredictPath(app.wsgi_app, state))  # type: ignore[method-assign]
     return app

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from common.config import ConfigError
 from common.errors import ServiceUnavailable, json_response, register_error_handlers
+from common.last_resort import LastResort
 from metrics.exposition import metrics_response
 from metrics.router import RouterMetrics
 from metrics.published import CountsPublisher
@@ -121,7 +122,8 @@ def create_app(
         ctx.metrics.flush()  # this worker's latest requests; others flush on their own schedule
         return metrics_response(ctx.registry)
 
-    app.wsgi_app = DataPath(app.wsgi_app, config, live, pools, metrics, mirror, slots)  # type: ignore[method-assign]
+    app.wsgi_app = LastResort(  # type: ignore[method-assign]
+        DataPath(app.wsgi_app, config, live, pools, metrics, mirror, slots))
     live.start()
     slots.start()
     controller.start()
