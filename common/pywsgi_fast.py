@@ -69,7 +69,7 @@ def _framing_status(items: list[list[str]]) -> str:
         if not (value.isascii() and value.isdigit()) or len(value) > _MAX_CONTENT_LENGTH_DIGITS:
             return (f"Content-Length {value[:20]!r} is not a number of bytes: send decimal "
                     "digits only")
-    if len(set(map(int, lengths))) > 1:
+    if len(set(lengths)) > 1:
         # which one frames the body? (the ambiguity request smuggling relies on)
         return "Conflicting Content-Length headers"
     return ""
