@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -161,3 +162,20 @@ def test_the_model_service_ends_requests_where_the_references_do(
     got = exchange(v1_service.port, raw + SENTINEL)
     assert all(r.status != 200 for r in got.responses[:1]), got  # no body here is a valid input
     _check(raw, got, _echoed)
+
+
+_CHUNKED = b"POST /echo HTTP/1.1\r\nHost: example\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "gevent's chunk reader skips a chunk extension up to the next CR, LF included, and checks only "
+    "the names of trailer fields; a stricter reader belongs on the gevent handler class"))
+@pytest.mark.parametrize("chunks", [
+    b"2;a\nb\r\nab\r\n0\r\n\r\n",
+    b"2\r\nab\r\n0\r\nX: a\x00\r\n\r\n",
+], ids=["lf-in-chunk-extension", "nul-in-trailer"])
+def test_chunk_framing_both_references_refuse_is_refused(
+    echo_server: ServerProcess, chunks: bytes
+) -> None:
+    raw = _CHUNKED + chunks
+    _check(raw, exchange(echo_server.port, raw + SENTINEL), _echoed)
