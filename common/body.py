@@ -40,7 +40,8 @@ def read_environ_body(environ: dict[str, Any], max_bytes: int) -> bytes:
             if size > max_bytes:
                 raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
             chunks.append(chunk)
-    except (OSError, ClientDisconnected):
+    except (OSError, ValueError, ClientDisconnected):
+        # gevent's chunk reader raises ValueError, not its IOError, on an empty chunk-size line
         if length is not None:
             raise IncompleteBody(
                 f"the request body ended before its Content-Length of {length} bytes; "

@@ -24,6 +24,7 @@ All are installed by ``common.gunicorn_conf`` on the gevent handler class.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from collections.abc import Callable
 from typing import Any
@@ -34,8 +35,56 @@ MAX_HEADERS = 100
 _END = (b"\r\n", b"\n", b"")
 
 
+# RFC 9110 5.1 and 5.5: a field name is a token; a field value is visible ASCII, SP, HTAB and
+# obs-text (0x80-0xFF). Every other byte (NUL, a bare CR, the other controls, DEL) is refused.
+_NOT_TCHAR = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
+_NOT_FIELD_VCHAR = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_OWS = b" \t"
+_MAX_CONTENT_LENGTH_DIGITS = 18
+_NAME_HINT = "; a name is letters, digits and !#$%&'*+-.^_`|~ only"
+_VALUE_HINT = "; send visible characters, spaces and tabs only"
+
+
+def _field_line(raw: bytes) -> tuple[bytes | None, str]:
+    """A header line without its line ending (CRLF, or a bare LF), or a status saying why not."""
+    if raw.endswith(b"\r\n"):
+        return raw[:-2], ""
+    if raw.endswith(b"\n"):
+        return raw[:-1], ""
+    return None, "the header block ended before its blank line; end it with an empty line"
+
+
+def _framing_status(items: list[list[str]]) -> str:
+    """What is wrong with the request's Content-Length and Transfer-Encoding, or ""."""
+    lengths = [value for name, value in items if name.lower() == "content-length"]
+    codings = [value for name, value in items if name.lower() == "transfer-encoding"]
+    if codings:
+        if len(codings) > 1 or codings[0].lower() != "chunked":
+            return (f"Transfer-Encoding {', '.join(codings)[:40]!r} is not served: send "
+                    "'Transfer-Encoding: chunked' once, or a Content-Length")
+        if lengths:
+            return ("both Transfer-Encoding and Content-Length: which one frames the body? "
+                    "send one of them")
+    for value in lengths:
+        if not (value.isascii() and value.isdigit()) or len(value) > _MAX_CONTENT_LENGTH_DIGITS:
+            return (f"Content-Length {value[:20]!r} is not a number of bytes: send decimal "
+                    "digits only")
+    if len(set(lengths)) > 1:
+        # which one frames the body? (the ambiguity request smuggling relies on)
+        return "Conflicting Content-Length headers"
+    return ""
+
+
 class RequestHeaders:
-    """The header block of one request, in arrival order."""
+    """The header block of one request, in arrival order, checked byte by byte (RFC 9110/9112).
+
+    A name that is not a token, a value carrying control bytes, a Transfer-Encoding other than
+    a single ``chunked``, both framings at once, or a Content-Length that is not one decimal
+    number, each set ``status`` (the handler answers 400 and closes). A value's obs-text bytes
+    (0x80-0xFF) are accepted and kept byte for byte: decoded as latin-1, so they encode back
+    to the same bytes whenever the value is sent on. A bare LF ends a line as CRLF does, and
+    obsolete line folding is replaced by one space (both as RFC 9112 allows).
+    """
 
     __slots__ = ("_items", "_first", "status")
 
@@ -43,36 +92,48 @@ class RequestHeaders:
         self.status = ""
         items: list[list[str]] = []
         while True:
-            line = fp.readline(MAX_LINE + 1)
-            if len(line) > MAX_LINE:
+            raw = fp.readline(MAX_LINE + 1)
+            if len(raw) > MAX_LINE:
                 self.status = "Line too long"
                 break
-            if line in _END:
+            if raw in _END:
+                if not raw:  # the connection ended inside the header block
+                    self.status = _field_line(raw)[1]
                 break
             if len(items) >= MAX_HEADERS:
                 self.status = "Too many headers"
                 break
-            text = line.decode("iso-8859-1")
-            if text[:1] in " \t":  # obsolete line folding: continues the previous value
+            line, self.status = _field_line(raw)
+            if line is None:
+                break
+            if line[:1] in (b" ", b"\t"):  # obsolete line folding: continues the previous value
                 if not items:
                     self.status = "Continuation line without a header"
                     break
-                items[-1][1] += " " + text.strip()
+                more = line.strip(_OWS)
+                if _NOT_FIELD_VCHAR.search(more):
+                    self.status = f"control byte in the value of {items[-1][0][:24]!r}{_VALUE_HINT}"
+                    break
+                items[-1][1] = f"{items[-1][1]} {more.decode('iso-8859-1')}".strip(" \t")
                 continue
-            name, sep, value = text.partition(":")
-            if not sep or not name or name != name.strip():
+            name, sep, value = line.partition(b":")
+            if not sep or not name:
                 self.status = "Invalid header line"
                 break
-            items.append([name, value.strip()])
+            if _NOT_TCHAR.search(name):
+                self.status = f"header name {name[:24].decode('iso-8859-1')!r} is not a token{_NAME_HINT}"
+                break
+            value = value.strip(_OWS)
+            if _NOT_FIELD_VCHAR.search(value):
+                self.status = f"control byte in the value of {name[:24].decode('ascii')!r}{_VALUE_HINT}"
+                break
+            items.append([name.decode("ascii"), value.decode("iso-8859-1")])
+        if not self.status:
+            self.status = _framing_status(items)
         self._items = items
         first: dict[str, str] = {}
         for name, value in items:
-            key = name.lower()
-            if key not in first:
-                first[key] = value
-            elif key == "content-length" and first[key] != value and not self.status:
-                # which one frames the body? (the ambiguity request smuggling relies on)
-                self.status = "Conflicting Content-Length headers"
+            first.setdefault(name.lower(), value)
         self._first = first
 
     def get(self, name: str, default: Any = None) -> Any:

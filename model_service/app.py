@@ -29,6 +29,7 @@ from common.errors import (
     json_response,
     register_error_handlers,
 )
+from common.last_resort import LastResort
 from metrics.exposition import metrics_response
 from metrics.model import ModelMetrics
 from model_service.artifacts import ArtifactError
@@ -143,6 +144,7 @@ def create_app(
 
     app.wsgi_app = PredictPath(app.wsgi_app, state)  # type: ignore[method-assign]
     rules = access_rules(config)
-    if rules is not None:  # outermost: the fast predict path is behind it too
+    if rules is not None:  # the fast predict path is behind it too
         app.wsgi_app = BearerGate(app.wsgi_app, rules)  # type: ignore[method-assign]
+    app.wsgi_app = LastResort(app.wsgi_app)  # type: ignore[method-assign]  # outermost
     return app

@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 
 from common.body import read_environ_json_object
+from common.last_resort import request_id
 from common.errors import (
     INTERNAL_ERROR,
     APIError,
@@ -60,8 +61,9 @@ class PredictPath:
             status, payload = err.status, orjson.dumps(err.body())
             headers += err.headers
         except Exception:  # the contract's JSON 500, never a bare traceback page
-            log.exception("unhandled error in POST /predict")
+            log.exception("unhandled error in POST /predict (request id %s)", request_id(environ))
             status, payload = 500, _INTERNAL
+            headers += [("Connection", "close"), ("X-Request-ID", request_id(environ))]
         headers.append(("Content-Length", str(len(payload))))
         state.metrics.request(version, status)
         start_response(status_line(status), headers)

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from common.auth import BearerGate, metrics_guard
 from common.config import ConfigError
 from common.errors import ServiceUnavailable, json_response, register_error_handlers
+from common.last_resort import LastResort
 from metrics.exposition import metrics_response
 from metrics.router import RouterMetrics
 from metrics.published import CountsPublisher
@@ -132,6 +133,7 @@ def create_app(
         scrape = metrics_guard(config.metrics_token)
         app.wsgi_app = BearerGate(  # type: ignore[method-assign]
             app.wsgi_app, lambda path: scrape if path == "/metrics" else None)
+    app.wsgi_app = LastResort(app.wsgi_app)  # type: ignore[method-assign]  # outermost
     live.start()
     slots.start()
     controller.start()

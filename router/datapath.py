@@ -6,6 +6,7 @@ does only what forwarding needs. The strategy decides; this module sends.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import time
@@ -16,8 +17,10 @@ import orjson
 
 from common.body import mimetype, read_environ_body
 from common.errors import (
-    APIError, BadGateway, GatewayTimeout, NotFound, UnsupportedMediaType, post_only, status_line,
+    INTERNAL_ERROR, APIError, BadGateway, BadRequest, GatewayTimeout, NotFound,
+    UnsupportedMediaType, post_only, status_line,
 )
+from common.last_resort import REQUEST_ID_KEY
 from metrics.router import RouterMetrics
 from router.config import RouterConfig
 from router.live_state import LiveState
@@ -28,7 +31,13 @@ from router.upstream import (
 )
 from strategies import Decision, RequestFacts, route
 
+log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# What may go upstream (RFC 9110 5.1, 5.5): a token as the name; visible ASCII, SP, HTAB and
+# obs-text as the value, all of it latin-1, so the request head always encodes byte for byte.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*\Z")
+_INTERNAL = orjson.dumps(INTERNAL_ERROR.body())
 _DROP_FROM_UPSTREAM = frozenset({"content-length", "date", "server", "x-model-version", "x-request-id"})
 # X-Request-ID is re-added once, as the id the client is told (the given one only if usable).
 _DROP_FROM_CLIENT = frozenset(
@@ -39,6 +48,12 @@ StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
 def client_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
+    """The client's end-to-end headers to send on, each one checked to be a valid field.
+
+    The serving layer refuses such requests before they get here; this holds under any WSGI
+    server, whose environ keys are upper-cased names (a case mapping can turn a latin-1 name
+    into one that is not latin-1, e.g. 0xB5 into U+039C).
+    """
     headers = []
     if environ.get("CONTENT_TYPE"):
         headers.append(("Content-Type", environ["CONTENT_TYPE"]))
@@ -47,6 +62,13 @@ def client_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
             name = key[5:].replace("_", "-").title()
             if name.lower() not in _DROP_FROM_CLIENT:
                 headers.append((name, value))
+    for name, value in headers:
+        if not _TOKEN.match(name) or not isinstance(value, str) or not _FIELD_VALUE.match(value):
+            raise BadRequest(
+                f"header {name[:40]!r} cannot be forwarded: send token names (letters, digits, "
+                "!#$%&'*+-.^_`|~) and values of visible characters, spaces and tabs",
+                code="invalid_header",
+            )
     return end_to_end(headers)
 
 
@@ -83,6 +105,7 @@ class DataPath:
         deadline = time.monotonic() + self.config.timeout_s
         given_id = environ.get("HTTP_X_REQUEST_ID", "")
         request_id = given_id if _REQUEST_ID.match(given_id) else f"{self.rng.getrandbits(128):032x}"
+        environ[REQUEST_ID_KEY] = request_id
         snapshot = self.live.current
         slot = snapshot.routing.stable
         served = None
@@ -111,6 +134,10 @@ class DataPath:
         except APIError as err:
             status, payload = err.status, orjson.dumps(err.body())
             out = [("Content-Type", "application/json"), *err.headers]
+        except Exception:  # the contract's JSON 500; how much of the body was read is unknown
+            log.exception("unhandled error in POST /predict (request id %s)", request_id)
+            status, payload = 500, _INTERNAL
+            out = [("Content-Type", "application/json"), ("Connection", "close")]
         version = served or self.slots.label(slot)
         out += [("Content-Length", str(len(payload))), ("X-Model-Version", version),
                 ("X-Request-ID", request_id)]
