@@ -96,7 +96,7 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
 
     import gevent
 
-    from common.pywsgi_fast import (
+    from serving.handler import (
         JSONClientErrorsMixin,
         OneWriteMixin,
         QuietMixin,

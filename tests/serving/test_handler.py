@@ -8,7 +8,7 @@ from http import client
 
 import pytest
 
-from common.pywsgi_fast import MAX_HEADERS, RequestHeaders
+from serving.handler import MAX_HEADERS, RequestHeaders
 from tests.servers import ServerProcess
 
 BLOCK = (
@@ -101,7 +101,7 @@ def test_a_server_answers_400_to_a_malformed_header_and_keeps_serving(
 def test_the_cached_date_is_gevents_format_of_the_same_second() -> None:
     from gevent import pywsgi
 
-    from common.pywsgi_fast import cached_date, install_cached_date
+    from serving.handler import cached_date, install_cached_date
 
     original = pywsgi.format_date_time
     install_cached_date()
