@@ -19,7 +19,7 @@ Requests that are not valid HTTP (a malformed request line or header, a bad Cont
 request line over 8 KiB) get the product's JSON error shape from :class:`JSONClientErrorsMixin`,
 not gevent's empty-bodied 400 and 414.
 
-All are installed by ``common.gunicorn_conf`` on the gevent handler class.
+All are installed by ``serving.gunicorn_conf`` on the gevent handler class.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""gunicorn settings shared by the router and the model service (``-c python:common.gunicorn_conf``).
+"""gunicorn settings shared by the router and the model service (``-c python:serving.gunicorn_conf``).
 
 Workers run gevent's WSGI server: they keep client connections alive (the router pools
 connections to the model services; gunicorn's sync worker would close every one), cost about a
