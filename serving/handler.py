@@ -4,17 +4,13 @@
 requests that are not valid HTTP get the contract's JSON error (gevent answers an empty 400 or
 414), and at shutdown a connection idle between requests is ended (see ``serving.worker``).
 
-The optimisations, each a mixin the worker puts in front of it unless switched off
+The optimisation, a mixin the worker puts in front of it unless switched off
 (``SERVING_OPTIMISATIONS``, see ``serving.options``):
 
 - ``header_reader``: request headers read by :class:`RequestHeaders` instead of
   ``http.client.parse_headers``, which runs the ``email`` package's feed parser (about a sixth of
   a worker's time on a small request). Same limits as ``http.client`` (65,536 bytes per line, 100
   headers); a line that is not ``name: value`` ends the request with 400 instead of being guessed at.
-- ``one_write``: the status line, headers and a short body in one send, where gevent sends the
-  head and the body in two system calls and two TCP segments (the peer wakes twice).
-- ``cached_date``: the ``Date`` header formatted once a second rather than once a response.
-- ``quiet_log``: no access-log record built when the access log is off.
 
 Every name of gevent or gunicorn used here that is not documented API is listed in
 ``serving.private``, with a test that fails when it changes.
@@ -26,10 +22,8 @@ Every name of gevent or gunicorn used here that is not documented API is listed 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection, Iterator
 from typing import Any
-from wsgiref.handlers import format_date_time
 
 from gunicorn.workers.ggevent import PyWSGIHandler
 
@@ -117,93 +111,9 @@ class HeaderReader:
     MessageClass = RequestHeaders
 
 
-ONE_WRITE_MAX = 64 * 1024
-
-
-class OneWrite:
-    """Optimisation ``one_write``: the head and a first body chunk of up to 64 KiB in one send."""
-
-    def write(self, data: bytes) -> None:
-        if self.headers_sent or not self.status or not data or len(data) > ONE_WRITE_MAX:  # type: ignore[attr-defined]
-            super().write(data)  # type: ignore[misc]
-            return
-        if self.code in (204, 304):  # type: ignore[attr-defined]
-            super().write(data)  # type: ignore[misc]  # gevent refuses a body here
-            return
-        self.headers_sent = True
-        self.finalize_headers()  # type: ignore[attr-defined]
-        head = bytearray(b"HTTP/1.1 ")
-        head += self.status  # type: ignore[attr-defined]
-        head += b"\r\n"
-        for name, value in self.response_headers:  # type: ignore[attr-defined]
-            head += name
-            head += b": "
-            head += value
-            head += b"\r\n"
-        head += b"\r\n"
-        if self.response_use_chunked:  # type: ignore[attr-defined]
-            self._send_response_bytes(head)
-            super().write(data)  # type: ignore[misc]  # the head is out: framed as a chunk
-            return
-        head += data
-        self._send_response_bytes(head)
-
-    def _send_response_bytes(self, data: bytearray) -> None:
-        """Send and count as gevent does (a failed send is recorded for the access log)."""
-        try:
-            self.socket.sendall(data)  # type: ignore[attr-defined]
-        except OSError as ex:
-            self.status = f"socket error: {ex}"
-            if self.code > 0:  # type: ignore[attr-defined]
-                self.code = -self.code  # type: ignore[attr-defined]
-            raise
-        self.response_length += len(data)  # type: ignore[attr-defined]
-
-
-class CachedDate:
-    """Optimisation ``cached_date``: the ``Date`` header formatted once a second, not per response.
-
-    Given to gevent as a header the application set (WSGI's ``start_response``), so gevent adds
-    none of its own.
-    """
-
-    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        for name, _ in headers:
-            if name.lower() == "date":
-                break
-        else:
-            headers = [*headers, ("Date", http_date(time.time()))]
-        return super().start_response(status, headers, exc_info)  # type: ignore[misc]
-
-
-_date_cache: list[Any] = [0, ""]  # [second, its HTTP date]
-
-
-def http_date(timestamp: float) -> str:
-    """The HTTP ``Date`` value of ``timestamp``'s second, formatted once per second."""
-    second = int(timestamp)
-    if _date_cache[0] != second:
-        _date_cache[:] = [second, format_date_time(second)]
-    return _date_cache[1]  # type: ignore[no-any-return]
-
-
-class QuietLog:
-    """Optimisation ``quiet_log``: no access-log record built when the access log is off.
-
-    gunicorn's handler builds one for every response (dates, a response object, the header
-    list) and its logger then discards it.
-    """
-
-    def log_request(self) -> None:
-        if self.server.log.access_log_enabled:  # type: ignore[attr-defined]
-            super().log_request()  # type: ignore[misc]
-
-
+# Measured by loadtest/bench_serving.py; one that does not pay beyond noise is removed, not kept.
 OPTIMISATIONS: dict[str, type] = {
     "header_reader": HeaderReader,
-    "one_write": OneWrite,
-    "cached_date": CachedDate,
-    "quiet_log": QuietLog,
 }
 
 

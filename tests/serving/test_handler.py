@@ -98,15 +98,6 @@ def test_a_server_answers_400_to_a_malformed_header_and_keeps_serving(
     assert ok.startswith(b"HTTP/1.1 200") and b'"ok"' in ok
 
 
-def test_the_cached_date_is_gevents_format_of_the_same_second() -> None:
-    from gevent import pywsgi
-
-    from serving.handler import http_date
-
-    for stamp in (1_700_000_000.2, 1_700_000_000.9, 1_700_000_001.0, 1_800_000_000.5):
-        assert http_date(stamp).encode() == pywsgi.format_date_time(int(stamp))
-
-
 def test_responses_carry_a_current_date_header(v1_service: ServerProcess) -> None:
     import email.utils
     import time
