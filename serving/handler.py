@@ -15,7 +15,7 @@ The optimisation, a mixin the worker puts in front of it unless switched off
 Every name of gevent or gunicorn used here that is not documented API is listed in
 ``serving.private``, with a test that fails when it changes.
 
-    >>> from serving.handler import handler_class
+    >>> from serving.handler import RequestHeaders, handler_class
     >>> handler_class(frozenset({"header_reader"})).MessageClass is RequestHeaders
     True
 """
