@@ -192,16 +192,20 @@ def check_worker_stops_with_idle_connections(tmp_path: Path) -> None:
     """alive, run(): at SIGTERM, idle keep-alive connections are ended instead of waited for."""
     import signal
 
+    import http.client
+
     with _served(tmp_path) as server:
         host, port = server.url.removeprefix("http://").split(":")
-        idle = socket.create_connection((host, int(port)), timeout=10)
+        idle = http.client.HTTPConnection(host, int(port), timeout=10)
         try:
-            idle.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-            assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+            idle.request("GET", "/")
+            answer = idle.getresponse()
+            assert answer.status == 200 and answer.read()  # the whole answer: now idle
+            assert idle.sock is not None  # kept alive
             server.signal(signal.SIGTERM)
             # graceful_timeout is 25 s: an exit well before it means the idle one was ended
             assert server.proc.wait(timeout=15) == 0
-            assert idle.recv(65536) == b""  # ended by the server, unanswered
+            assert idle.sock.recv(65536) == b""  # ended by the server, nothing sent
         finally:
             idle.close()
 
