@@ -43,6 +43,7 @@ test-quick: $(STAMP)
 bench: $(STAMP) $(ARTIFACTS)
 	bash loadtest/bench-deps.sh
 	$(PY) -m loadtest.bench
+	$(PY) -m loadtest.bench_serving
 	$(PY) -m loadtest.bench_judge --runs 200
 
 lint: $(STAMP)

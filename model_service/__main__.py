@@ -109,7 +109,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from common.serving import bind_address, exec_server
+    from serving.process import bind_address, exec_server
 
     os.environ["MODEL_VERSION"] = args.version
     if args.artifacts:

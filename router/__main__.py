@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from common.config import ConfigError
-    from common.serving import bind_address, exec_server
+    from serving.process import bind_address, exec_server
     from router.config import RouterConfig
 
     try:

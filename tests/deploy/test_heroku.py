@@ -38,7 +38,7 @@ def documented_variables() -> set[str]:
 def code_variables() -> set[str]:
     """Every environment variable the services read."""
     names: set[str] = set()
-    for package in ("common", "model_service", "router", "metrics"):
+    for package in ("common", "serving", "model_service", "router", "metrics"):
         for path in (ROOT / package).rglob("*.py"):
             if path.name != "cli.py":  # the operator's CLI runs on a laptop, not on a dyno
                 names.update(_READ.findall(path.read_text()))

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import requests
 
-from common.serving import bind_address
+from serving.process import bind_address
 from model_service.__main__ import main
 from tests.model_service.conftest import rows_of
 from tests.servers import ServerProcess, model_service, wait_until
@@ -57,7 +57,7 @@ def test_serve_command_passes_the_address_and_version(
     monkeypatch: pytest.MonkeyPatch, argv: list[str], env_port: str | None, expected: str
 ) -> None:
     calls: list[tuple[Any, ...]] = []
-    monkeypatch.setattr("common.serving.exec_server", lambda *args: calls.append(args))
+    monkeypatch.setattr("serving.process.exec_server", lambda *args: calls.append(args))
     monkeypatch.delenv("MODEL_VERSION", raising=False)
     if env_port is None:
         monkeypatch.delenv("PORT", raising=False)

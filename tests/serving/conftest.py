@@ -17,7 +17,7 @@ from tests.servers import ServerProcess
 @pytest.fixture(scope="module")
 def echo_server(log_dir: Path) -> Iterator[ServerProcess]:
     """gunicorn with the project's settings serving ``tests.serving.echo_app``."""
-    argv = ["-m", "gunicorn", "-c", "python:common.gunicorn_conf", "tests.serving.echo_app:app"]
+    argv = ["-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "tests.serving.echo_app:app"]
     with ServerProcess(argv, {"WEB_CONCURRENCY": "1"}, log_dir / f"echo-{time.monotonic_ns()}.log",
                        ready_path="/health") as server:
         yield server.wait_ready()

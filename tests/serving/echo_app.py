@@ -1,11 +1,12 @@
 """A tiny WSGI app for the serving layer's tests: answers with the body it was given.
 
-Served by gunicorn with the project's settings (``common.gunicorn_conf``), so what it echoes is
+Served by gunicorn with the project's settings (``serving.gunicorn_conf``), so what it echoes is
 what the serving layer parsed: where a request ends and what its body is.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import orjson
@@ -13,6 +14,7 @@ import orjson
 from common.body import read_environ_body
 from common.errors import APIError, NotFound, status_line
 from common.last_resort import LastResort
+from serving.lifecycle import at_worker_exit
 
 
 def _echo(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -33,3 +35,13 @@ def _echo(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 
 
 app = LastResort(_echo)
+
+
+def _closed() -> None:
+    """Registered below: each worker notes its exit, so a test can see the hook ran."""
+    with open(os.environ["ECHO_CLOSED_FILE"], "a") as fh:
+        fh.write(f"closed {os.getpid()}\n")
+
+
+if os.environ.get("ECHO_CLOSED_FILE"):
+    at_worker_exit(_closed)

@@ -39,8 +39,15 @@ def prepare_runtime_dir() -> str:
 
 def exec_server(target: str, bind: str, workers: int | None = None) -> None:
     """Replace this process with gunicorn serving ``target`` (same PID: signals reach it)."""
+    from common.config import ConfigError
+    from serving.options import optimisations
+
+    try:
+        optimisations(os.environ)
+    except ConfigError as err:
+        sys.exit(str(err))
     prepare_runtime_dir()
-    argv = [sys.executable, "-m", "gunicorn", "-c", "python:common.gunicorn_conf", "--bind", bind]
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "--bind", bind]
     if workers is not None:
         argv += ["--workers", str(workers)]
     argv.append(target)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from common.serving import bind_address, exec_server
+from serving.process import bind_address, exec_server
 
 ROLES = {"model": ("model_service.wsgi:app", 8001), "router": ("router.wsgi:app", 8000)}
 

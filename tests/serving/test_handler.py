@@ -8,7 +8,7 @@ from http import client
 
 import pytest
 
-from common.pywsgi_fast import MAX_HEADERS, RequestHeaders
+from serving.handler import MAX_HEADERS, RequestHeaders
 from tests.servers import ServerProcess
 
 BLOCK = (
@@ -120,20 +120,6 @@ def test_a_server_answers_400_to_a_malformed_header_and_keeps_serving(
     )
     ok = _raw(v1_service.url, b"GET /health HTTP/1.1\r\nHost: example\r\nX-A: b\r\n\r\n")
     assert ok.startswith(b"HTTP/1.1 200") and b'"ok"' in ok
-
-
-def test_the_cached_date_is_gevents_format_of_the_same_second() -> None:
-    from gevent import pywsgi
-
-    from common.pywsgi_fast import cached_date, install_cached_date
-
-    original = pywsgi.format_date_time
-    install_cached_date()
-    try:
-        for stamp in (1_700_000_000.2, 1_700_000_000.9, 1_700_000_001.0, 1_800_000_000.5):
-            assert cached_date(stamp) == original(int(stamp))
-    finally:
-        pywsgi.format_date_time = original
 
 
 def test_responses_carry_a_current_date_header(v1_service: ServerProcess) -> None:

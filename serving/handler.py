@@ -1,36 +1,34 @@
-"""Two shortcuts for gevent's WSGI handler on the hot path of both services.
+"""The gevent WSGI handler both services run on, at gevent's ``handler_class`` seam.
 
-Request headers without the ``email`` package: gevent's ``pywsgi`` reads request headers with ``http.client.parse_headers``, which runs the
-``email`` package's feed parser: on a small request that is about a sixth of a worker's time.
-:class:`RequestHeaders` reads the same lines into a dict and offers the few methods the handler
-calls (``get``, ``getheader``, ``typeheader``, ``headers``, ``items``, ``del``, ``status``), with the same
-limits as ``http.client`` (65,536 bytes per line, 100 headers); a line that is not
-``name: value`` ends the request with 400 instead of being guessed at.
+:class:`ServingHandler` is gunicorn's gevent handler plus what the product needs of its server:
+requests that are not valid HTTP get the contract's JSON error (gevent answers an empty 400 or
+414), and at shutdown a connection idle between requests is ended (see ``serving.worker``).
 
-One send per small response: gevent writes the status line and headers, then the body, in two
-system calls and two TCP segments, so the peer (the router's upstream client, or a client) often
-wakes twice per response. :class:`OneWriteMixin` sends them together when the body is short.
+The optimisation, a mixin the worker puts in front of it unless switched off
+(``SERVING_OPTIMISATIONS``, see ``serving.options``):
 
-No access-log record is built when the access log is off (gunicorn's handler builds one for
-every response and then discards it), and the ``Date`` header is formatted once per second
-rather than once per response.
+- ``header_reader``: request headers read by :class:`RequestHeaders` instead of
+  ``http.client.parse_headers``, which runs the ``email`` package's feed parser (about a sixth of
+  a worker's time on a small request). Same limits as ``http.client`` (65,536 bytes per line, 100
+  headers); a line that is not ``name: value`` ends the request with 400 instead of being guessed at.
 
-Requests that are not valid HTTP (a malformed request line or header, a bad Content-Length, a
-request line over 8 KiB) get the product's JSON error shape from :class:`JSONClientErrorsMixin`,
-not gevent's empty-bodied 400 and 414.
+Every name of gevent or gunicorn used here that is not documented API is listed in
+``serving.private``, with a test that fails when it changes.
 
-All are installed by ``common.gunicorn_conf`` on the gevent handler class.
+    >>> from serving.handler import RequestHeaders, handler_class
+    >>> handler_class(frozenset({"header_reader"})).MessageClass is RequestHeaders
+    True
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from collections.abc import Callable
+from collections.abc import Collection, Iterator
 from typing import Any
 
+from gunicorn.workers.ggevent import PyWSGIHandler
+
 MAX_LINE = 65536
-_format_date_time: Callable[[float], bytes]
 MAX_HEADERS = 100
 _END = (b"\r\n", b"\n", b"")
 
@@ -168,63 +166,16 @@ class RequestHeaders:
             yield f"{name}: {value}\r\n"
 
 
-ONE_WRITE_MAX = 64 * 1024
+class HeaderReader:
+    """Optimisation ``header_reader``: request headers read by :class:`RequestHeaders`."""
+
+    MessageClass = RequestHeaders
 
 
-class OneWriteMixin:
-    """For a gevent ``WSGIHandler`` subclass: head and a short first body chunk in one send."""
-
-    def _write_with_headers(self, data: bytes) -> None:
-        self.headers_sent = True
-        self.finalize_headers()  # type: ignore[attr-defined]
-        towrite = bytearray(b"HTTP/1.1 ")
-        towrite += self.status  # type: ignore[attr-defined]
-        towrite += b"\r\n"
-        for header, value in self.response_headers:  # type: ignore[attr-defined]
-            towrite += header
-            towrite += b": "
-            towrite += value
-            towrite += b"\r\n"
-        towrite += b"\r\n"
-        if data and not self.response_use_chunked and len(data) <= ONE_WRITE_MAX:  # type: ignore[attr-defined]
-            towrite += data
-            self._sendall(towrite)  # type: ignore[attr-defined]
-            return
-        self._sendall(towrite)  # type: ignore[attr-defined]
-        self._write(data)  # type: ignore[attr-defined]
-
-
-class QuietMixin:
-    """For gunicorn's gevent handler: skip building access-log records nobody will write."""
-
-    def log_request(self) -> None:
-        enabled = getattr(self.server.log, "access_log_enabled", True)  # type: ignore[attr-defined]
-        if callable(enabled):  # a property in current gunicorn; allow a method too
-            enabled = enabled()
-        if enabled:
-            super().log_request()  # type: ignore[misc]
-
-
-_date_cache: tuple[int, bytes] = (0, b"")
-
-
-def cached_date(timestamp: float) -> bytes:
-    """gevent's ``format_date_time``, computed once per second."""
-    global _date_cache
-    second = int(timestamp)
-    if _date_cache[0] != second:
-        _date_cache = (second, _format_date_time(second))
-    return _date_cache[1]
-
-
-def install_cached_date() -> None:
-    """Make gevent's handler format its Date header through :func:`cached_date`."""
-    global _format_date_time
-    from gevent import pywsgi
-
-    if pywsgi.format_date_time is not cached_date:
-        _format_date_time = pywsgi.format_date_time
-        pywsgi.format_date_time = cached_date
+# Measured by loadtest/bench_serving.py; one that does not pay beyond noise is removed, not kept.
+OPTIMISATIONS: dict[str, type] = {
+    "header_reader": HeaderReader,
+}
 
 
 def client_error_response(status: int, code: str, message: str) -> bytes:
@@ -247,27 +198,103 @@ _NOT_HTTP = (
 )
 
 
-class JSONClientErrorsMixin:
-    """For a gevent ``WSGIHandler`` subclass: JSON errors for requests that are not valid HTTP."""
+def unread_bytes(sock: Any) -> int:
+    """Bytes the client has sent on ``sock`` that nobody has read yet (0 if unknown)."""
+    import fcntl
+    import struct
+    import termios
 
-    def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
-        super()._handle_client_error(ex)  # type: ignore[misc]  # logs it
-        reason = getattr(ex, "formatted_message", None) or str(ex) or type(ex).__name__
-        message = f"the request is not valid HTTP: {reason[:200]}{_NOT_HTTP}"
-        return "400", client_error_response(400, "bad_request", message)
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        return int(struct.unpack("i", raw)[0])
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
+class IdleConnections:
+    """The connections of one worker that wait for a next request, to end them at shutdown.
+
+    A kept-alive idle connection (a client's pool always holds some) never ends by itself, so
+    gunicorn's graceful shutdown would wait the whole ``graceful_timeout`` for it.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: dict[Any, Any] = {}  # handler -> its greenlet, blocked reading a request line
+        self.closing = False
+
+    def close(self) -> None:
+        """From now on end every connection that waits with nothing received.
+
+        A waiting greenlet is stopped, from the event loop, where it waits, before it has read a
+        byte of a next request: one whose first bytes are already here is served, and a request
+        sent after this point finds the connection closed, unanswered (safe to send again), as
+        with any server that ends idle keep-alive connections.
+        """
+        import gevent
+
+        self.closing = True
+        loop = gevent.get_hub().loop
+        for handler in list(self.waiting):
+            loop.run_callback(self._end_if_idle, handler)
+
+    def _end_if_idle(self, handler: Any) -> None:
+        import gevent
+
+        glet = self.waiting.get(handler)
+        if glet is not None and not unread_bytes(handler.socket):
+            glet.throw(gevent.GreenletExit)
+
+
+class ServingHandler(PyWSGIHandler):  # type: ignore[misc]
+    """gunicorn's gevent handler with JSON errors for invalid HTTP and idle-connection closing."""
+
+    idle_connections = IdleConnections()  # the worker gives each handler class its own
+    served = False  # a connection is idle only between requests, never before its first
+    client_error = ""
+
+    def read_requestline(self) -> str:
+        if not self.served:  # accepted, so its request is coming: serve it (as gunicorn does)
+            self.served = True
+            return super().read_requestline()  # type: ignore[no-any-return]
+        idle = self.idle_connections
+        if idle.closing and not unread_bytes(self.socket):
+            return ""  # ends the connection: nothing of a next request has arrived
+        import gevent
+
+        idle.waiting[self] = gevent.getcurrent()
+        try:
+            return super().read_requestline()  # type: ignore[no-any-return]
+        finally:
+            idle.waiting.pop(self, None)
+
+    def read_request(self, raw_requestline: str) -> bool:
+        try:
+            return super().read_request(raw_requestline)  # type: ignore[no-any-return]
+        except Exception as ex:  # gevent answers every one with 400; say why in the JSON error
+            self.client_error = str(ex) or type(ex).__name__
+            raise
 
     def handle_one_request(self) -> Any:
-        result = super().handle_one_request()  # type: ignore[misc]
+        result = super().handle_one_request()
         if not isinstance(result, tuple):  # served (True) or the connection ends (None)
             return result
-        from gevent import pywsgi
+        if result[0] == "414":
+            from gevent.pywsgi import MAX_REQUEST_LINE
 
-        if result[1] == pywsgi._REQUEST_TOO_LONG_RESPONSE:
-            message = (
-                f"the request line is over {pywsgi.MAX_REQUEST_LINE} bytes; "
-                "send long inputs in the request body"
-            )
+            message = f"the request line is over {MAX_REQUEST_LINE} bytes; send long inputs in the request body"
             return "414", client_error_response(414, "uri_too_long", message)
-        if result[1] == pywsgi._BAD_REQUEST_RESPONSE:
-            return "400", client_error_response(400, "bad_request", "the request is not valid HTTP" + _NOT_HTTP)
-        return result
+        reason = f": {self.client_error[:200]}" if self.client_error else ""
+        message = f"the request is not valid HTTP{reason}{_NOT_HTTP}"
+        return "400", client_error_response(400, "bad_request", message)
+
+
+def handler_class(
+    optimisations: Collection[str], idle_connections: IdleConnections | None = None
+) -> type:
+    """:class:`ServingHandler` with the named optimisations in front (an unknown name is an error)."""
+    unknown = sorted(set(optimisations) - set(OPTIMISATIONS))
+    if unknown:
+        raise ValueError(f"unknown optimisations {unknown}; known: {', '.join(OPTIMISATIONS)}")
+    mixins = tuple(cls for name, cls in OPTIMISATIONS.items() if name in optimisations)
+    attrs = {"idle_connections": idle_connections or IdleConnections(), "__module__": __name__}
+    return type("ServingHandler", (*mixins, ServingHandler), attrs)

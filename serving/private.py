@@ -1,0 +1,61 @@
+"""Every name of gevent or gunicorn the serving layer uses that is not their documented API.
+
+Each was checked against the version named here; ``tests/serving/test_private_names.py`` fails
+when the installed version differs or when a name no longer behaves as described (it exercises
+each one on a real server). On an upgrade: run that test, re-check each failing row against the
+new release, then update ``CHECKED`` and the row.
+
+Documented seams are not listed: gunicorn's ``worker_class`` setting and ``Worker.init_process`` /
+``load_wsgi`` / ``run``; gevent's ``WSGIServer.handler_class``, ``WSGIHandler.read_requestline``,
+``read_request``, ``handle_one_request`` (its return values) and ``MessageClass``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CHECKED = {"gevent": "26.9.0", "gunicorn": "27.0.1"}
+
+
+@dataclass(frozen=True)
+class PrivateName:
+    """One undocumented name we rely on, and what we rely on it doing."""
+
+    name: str
+    library: str
+    used_by: str
+    relied_on: str
+
+
+NAMES = (
+    PrivateName(
+        "WSGIHandler.socket", "gevent", "handler.ServingHandler",
+        "the connection's socket: its fileno() tells how many bytes wait unread",
+    ),
+    PrivateName(
+        "MessageClass(rfile, 0) result: .status, get(), getheader(), typeheader, headers",
+        "gevent", "handler.RequestHeaders",
+        "read_request() rejects the request when status is non-empty, reads Content-Length, "
+        "Transfer-Encoding and Connection with get() (the reader refuses a request with both "
+        "framings, so gevent never deletes a Content-Length); "
+        "get_environ() uses typeheader, getheader() and the 'Name: value\\r\\n' lines of headers",
+    ),
+    PrivateName(
+        "MessageClass result: items()", "gunicorn", "handler.RequestHeaders",
+        "PyWSGIHandler.log_request() passes headers.items() to the access log",
+    ),
+    PrivateName(
+        "workers.ggevent.PyWSGIHandler", "gunicorn", "handler.ServingHandler",
+        "gunicorn's gevent handler: adds gunicorn.sock and RAW_URI to the environ, access log",
+    ),
+    PrivateName(
+        "GeventWorker.wsgi_handler", "gunicorn", "worker.ServingWorker",
+        "run() passes it to the server as handler_class; set per worker in init_process()",
+    ),
+    PrivateName(
+        "Worker.wsgi, .nr, .max_requests, .alive, .log", "gunicorn", "worker.ServingWorker",
+        "wsgi is the application run() serves (set by load_wsgi()); max_requests is sys.maxsize "
+        "unless configured (plus jitter); alive false makes run() stop accepting and wait for "
+        "open connections up to graceful_timeout; nr counts requests",
+    ),
+)
