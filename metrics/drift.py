@@ -65,8 +65,12 @@ def reading(value: float | None) -> str:
     return "moderate" if value <= MAJOR else "major"
 
 
-def quantile_edges(values: np.ndarray, quantiles: Sequence[float] = DECILES) -> tuple[float, ...]:
+def quantile_edges(values: np.ndarray, quantiles: Sequence[float] = DECILES,
+                   integers: bool = False) -> tuple[float, ...]:
     """Inner bin edges at ``quantiles`` of ``values`` (finite ones), repeated edges merged.
+
+    With ``integers`` the edges are values seen (no interpolation), so no bin falls between
+    two consecutive integers and stays empty.
 
     With edges ``e_1 < ... < e_k`` the bins are ``(-inf, e_1), [e_1, e_2), ..., [e_k, inf)``: the
     outer bins are open-ended, so every live value has a bin.
@@ -75,4 +79,5 @@ def quantile_edges(values: np.ndarray, quantiles: Sequence[float] = DECILES) -> 
     finite = finite[np.isfinite(finite)]
     if not len(finite):
         return ()
-    return tuple(float(e) for e in np.unique(np.quantile(finite, quantiles)))
+    method = "lower" if integers else "linear"
+    return tuple(float(e) for e in np.unique(np.quantile(finite, quantiles, method=method)))

@@ -181,8 +181,8 @@ def _reference_column(column: Column, values: np.ndarray) -> ColumnReference:
         return ColumnReference(column.name, column.type, _BOOLEAN_EDGES, missing=column.nullable)
     if column.type in NUMERIC:
         numbers = np.asarray(values, dtype=np.float64)
-        return ColumnReference(column.name, column.type, quantile_edges(numbers),
-                               missing=column.nullable)
+        edges = quantile_edges(numbers, integers=column.type == "integer")
+        return ColumnReference(column.name, column.type, edges, missing=column.nullable)
     present = pd.Series(values, dtype=object).dropna()
     frequent = present.astype(str).value_counts(sort=True).index[:MAX_CATEGORIES]
     return ColumnReference(column.name, column.type, categories=tuple(sorted(frequent)),
