@@ -34,6 +34,7 @@ from metrics.exposition import metrics_response
 from metrics.model import ModelMetrics
 from model_service.artifacts import ArtifactError
 from model_service.config import VERSION_LABEL, ModelServiceConfig
+from model_service.drift import DriftMonitor
 from model_service.holder import ModelHolder
 from model_service.openapi import openapi
 from model_service.predict_path import PredictPath
@@ -52,6 +53,7 @@ class ServiceState:
         self.metrics = ModelMetrics(registry)
         self.holder = ModelHolder(config.artifacts, self.metrics, config.control_file)
         self.rng = random.Random()
+        self.drift = DriftMonitor(config.drift, self.metrics)
 
 
 def access_rules(config: ModelServiceConfig) -> Callable[[str], Guard | None] | None:
@@ -112,7 +114,17 @@ def create_app(
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return metrics_response(_state().registry)
+        state = _state()
+        state.drift.flush()  # this worker's latest; the others flush every second on their own
+        return metrics_response(state.registry)
+
+    @app.get("/drift")
+    def drift() -> Response:
+        state = _state()
+        model = state.holder.current
+        if model is None:
+            raise ServiceUnavailable("model not loaded yet", code="not_ready")
+        return json_response(state.drift.report(model))
 
     @app.post("/admin/reload")
     def reload() -> Response:

@@ -30,6 +30,7 @@ import numpy as np
 import sklearn
 
 from model_service.fastpath import compile_predict_proba
+from model_service.reference import Reference
 from model_service.schema import InputSchema
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class LoadedModel:
     # seen). When it does, a row it refuses is the row's fault (a 422); when it does not, the
     # model itself is broken and its failures are server errors.
     answers_probe: bool = True
+    # The evaluation data's input distributions (None: packaged before they were recorded).
+    reference: Reference | None = field(default=None, repr=False, compare=False)
 
     @property
     def sha256(self) -> str:
@@ -279,7 +282,21 @@ def load_folder(folder: Path, version: str) -> LoadedModel:
         estimate=estimate,
         prediction=prediction,
         answers_probe=_answers_probe(version, schema, estimate),
+        reference=_reference(version, metadata, schema),
     )
+
+
+def _reference(version: str, metadata: dict[str, Any], schema: InputSchema) -> Reference | None:
+    """The stored reference distributions; one that does not fit only turns drift off."""
+    doc = metadata.get("input_reference")
+    if doc is None:
+        return None
+    try:
+        return Reference.from_json(doc, schema)
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("version %s: reference distributions not usable (%s); input drift is not "
+                    "measured for it", version, exc)
+        return None
 
 
 def _answers_probe(version: str, schema: InputSchema, estimate: Callable[[Any], np.ndarray]) -> bool:

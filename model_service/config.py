@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from common.config import ConfigError, env_float, env_int, env_str, env_token, environ
+from model_service.drift import DriftSettings
 
 # What POST /admin/reload accepts as a version: one folder name under the artifacts folder.
 VERSION_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -31,6 +32,7 @@ class ModelServiceConfig:
     max_rows: int = 10_000
     max_body_bytes: int = 8 * 1024 * 1024
     control_file: str | None = None  # shared by worker processes so a reload reaches all of them
+    drift: DriftSettings = DriftSettings()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ModelServiceConfig:
@@ -50,4 +52,21 @@ class ModelServiceConfig:
             max_rows=env_int(env, "MODEL_MAX_ROWS", 10_000, 1, 1_000_000),
             max_body_bytes=env_int(env, "MODEL_MAX_BODY_BYTES", 8 * 1024 * 1024, 1024),
             control_file=env_str(env, "MODEL_CONTROL_FILE") or _runtime_control_file(env),
+            drift=drift_settings(env),
         )
+
+
+def drift_settings(env: Mapping[str, str]) -> DriftSettings:
+    """The input drift window: ``MODEL_DRIFT_WINDOW_ROWS`` (0: off), ``MODEL_DRIFT_WINDOW_S``,
+    ``MODEL_DRIFT_MIN_ROWS``."""
+    default = DriftSettings()
+    rows = env_int(env, "MODEL_DRIFT_WINDOW_ROWS", default.window_rows, 0, 10_000_000)
+    if 0 < rows < 10:
+        raise ConfigError(f"MODEL_DRIFT_WINDOW_ROWS={rows} is too small a window: use at least 10 "
+                          "rows (a few thousand for a steady PSI), or 0 to turn drift off")
+    seconds = env_float(env, "MODEL_DRIFT_WINDOW_S", default.window_s, 10.0, 30 * 86400.0)
+    min_rows = env_int(env, "MODEL_DRIFT_MIN_ROWS", min(default.min_rows, max(rows, 1)), 1)
+    if rows and min_rows > rows:
+        raise ConfigError(f"MODEL_DRIFT_MIN_ROWS={min_rows} is more than the window holds "
+                          f"(MODEL_DRIFT_WINDOW_ROWS={rows}): PSI would never be reported")
+    return DriftSettings(rows, seconds, min_rows)

@@ -70,6 +70,21 @@ METADATA_SCHEMA: dict[str, Any] = {
 }
 
 
+DRIFT_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["model_version", "available", "window", "columns"],
+    "properties": {
+        "model_version": {"type": "string"},
+        "available": {"type": "boolean"},
+        "reason": {"type": "string"},
+        "window": {"type": "object"},
+        "columns": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "psi": {"type": "number", "nullable": True},
+            "reading": {"type": "string", "enum": ["stable", "moderate", "major", "unknown"]},
+            "rows": {"type": "integer"}, "bins": {"type": "array"}}}},
+    },
+}
+
+
 def _status(value: str, **more: Any) -> dict[str, Any]:
     return {"type": "object", "required": ["status", *more], "additionalProperties": False,
             "properties": {"status": {"type": "string", "enum": [value]}, **more}}
@@ -111,6 +126,11 @@ def model_service_spec() -> dict[str, Any]:
             "200": json_body("Metadata of the served model", METADATA_SCHEMA),
             **errors(503, meanings={503: "No model is loaded yet."}),
         })},
+        "/drift": {"get": operation(
+            "Input drift: per column the PSI of this worker's window against the reference",
+            {"200": json_body("Columns sorted by PSI, with reference and live shares per bin",
+                              DRIFT_SCHEMA),
+             **errors(503, meanings={503: "No model is loaded yet."})})},
         "/metrics": {"get": operation("Prometheus metrics", {
             "200": plain_text("Text exposition format")})},
         "/admin/reload": {"post": operation(

@@ -1,8 +1,9 @@
 """Packaging a user's fitted scikit-learn pipeline as an immutable, versioned artifact.
 
 ``package_model`` checks the pipeline (it loads, it is fitted, it predicts every evaluation row),
-infers the task and the input schema, scores it on the evaluation data and writes
-``artifacts/<version>/``: the model file (skops by default, joblib on request) and
+infers the task and the input schema, scores it on the evaluation data, records the evaluation
+data's distribution of every input column (the reference live inputs are compared with, see
+``model_service.reference``) and writes ``artifacts/<version>/``: the model file (skops by default, joblib on request) and
 ``metadata.json``. A version that exists is never overwritten. ``python -m model_service train``
 packages the built-in example project through the same function.
 
@@ -44,6 +45,7 @@ from model_service.artifacts import (
     save_artifact,
 )
 from model_service.config import VERSION_LABEL
+from model_service.reference import build_reference
 from model_service.schema import Column, InputSchema, SchemaError, infer_column
 
 
@@ -208,6 +210,16 @@ def evaluate(estimator: Any, task: str, schema: InputSchema,
     return metrics
 
 
+def reference_of(schema: InputSchema, evaluation: Evaluation) -> dict[str, Any]:
+    """The evaluation data's distribution of every input column, binned as live inputs will be."""
+    try:
+        inputs = schema.from_table(evaluation.features, label="evaluation row")
+        return build_reference(schema, inputs).to_json()
+    except (SchemaError, ValueError) as exc:
+        raise PackageError(f"cannot take reference distributions from the evaluation data: "
+                           f"{exc}") from None
+
+
 def _as_classes(truth: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """The target column's values as values of ``classes`` (CSV gives numbers or strings)."""
     by_text = {str(c): c for c in classes.tolist()}
@@ -254,7 +266,8 @@ def package_model(estimator: Any, version: str, evaluation: Evaluation, artifact
     fields: dict[str, Any] = {
         "version": version, "description": description, "task": task,
         "input_schema": schema.to_json(), "feature_names": list(schema.names),
-        "heldout_metrics": metrics, "evaluation": evaluation.fingerprint, **extra,
+        "heldout_metrics": metrics, "evaluation": evaluation.fingerprint,
+        "input_reference": reference_of(schema, evaluation), **extra,
     }
     if task == CLASSIFICATION:
         fields["classes"] = _json_values(np.asarray(estimator.classes_).tolist())

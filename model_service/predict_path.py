@@ -85,6 +85,7 @@ class PredictPath:
         predictions, proba = predict_checked(model, inputs)
         elapsed = time.perf_counter() - started
         state.metrics.predicted(model.version, len(predictions), elapsed)
+        state.drift.observe(model, inputs)
         # orjson writes numeric arrays itself; class names (strings, objects) go as a list
         body: dict[str, Any] = {
             "predictions": predictions if predictions.dtype.kind in "biuf" else predictions.tolist()

@@ -18,7 +18,7 @@ from metrics.exposition import metrics_response
 from metrics.router import RouterMetrics
 from metrics.published import CountsPublisher
 from metrics.sources import LocalSource, MetricSource, PrometheusSource, StoreSource
-from router import admin_rollout  # noqa: F401  (registers the rollout endpoints)
+from router import admin_drift, admin_rollout  # noqa: F401  (register their endpoints)
 from router.admin import admin
 from router.rollout import RolloutController
 from router.config import RouterConfig

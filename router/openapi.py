@@ -346,6 +346,13 @@ def _admin_paths(versions: list[str]) -> dict[str, Any]:
         "/admin/analysis": {"get": admin_op(
             "Live per-version comparison",
             json_body("Requests, errors, latency, agreement", {"$ref": f"{SCHEMAS}Analysis"}))},
+        "/admin/drift": {"get": admin_op(
+            "The input columns drifting most in each slot (PSI from each slot's GET /drift)",
+            json_body("Per slot: version, role and the top columns by PSI", {"type": "object"}),
+            400, parameters=[
+                {"name": "top", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 5}},
+            ])},
         "/admin/releases": {"get": admin_op(
             "The release history, oldest first: version, slot, strategy, start, end, outcome",
             json_body("Releases", {"$ref": f"{SCHEMAS}Releases"}), 400, parameters=[

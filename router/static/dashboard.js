@@ -9,6 +9,7 @@
   const TOKEN_KEY = "router-admin-token";
   const COLORS = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#0891b2", "#ca8a04"];
   const ACTIVE = ["running", "paused", "awaiting_promotion"];
+  const DRIFT_TONES = { stable: "good", moderate: "warn", major: "bad" };
   const TONES = { pass: "good", promoted: "good", running: "good", wait: "warn", paused: "warn",
     awaiting_promotion: "warn", fail: "bad", rolled_back: "bad", aborted: "bad" };
   const pct = (x) => (x * 100).toFixed(x < 0.1 && x > 0 ? 2 : 1) + " %";
@@ -125,11 +126,14 @@
   // -- polling ----------------------------------------------------------------------------------
   async function poll(id) {
     try {
-      const [state, analysis, rollout] = await Promise.all([
-        api("GET", "admin/state"), api("GET", "admin/analysis"), api("GET", "admin/rollout")]);
+      const [state, analysis, rollout, drift] = await Promise.all([
+        api("GET", "admin/state"), api("GET", "admin/analysis"), api("GET", "admin/rollout"),
+        // drift is a panel of its own: a router without it leaves the rest of the page working
+        api("GET", "admin/drift").catch((err) => ({ error: err.message }))]);
       if (id !== loop) return;
       ingest(analysis, Date.now());
       render(state, analysis, rollout.rollout);
+      renderDrift(state, drift);
       connection("live", "live");
       notice("");
     } catch (err) {
@@ -233,6 +237,29 @@
         cell(fmt(s && s.latency_ms.p99, ms)),
         cell(s ? String(Math.round(s.shadow.requests)) : "0"),
         cell(fmt(s && s.shadow.agreement, pct)));
+    }));
+  }
+
+  function renderDrift(state, drift) {
+    const box = $("#drift-slots");
+    if (drift.error) {
+      box.replaceChildren(h("p", { className: "muted" }, "Drift not available: " + drift.error));
+      return;
+    }
+    box.replaceChildren(...Object.entries(drift.slots).map(([slot, d]) => {
+      const role = d.role ? ` · ${d.role}` : "";
+      const title = h("h3", { swatch: colorOf(slot) }, slotLabel(state, slot) + role);
+      if (!d.available) {
+        return h("div", { className: "drift-slot", "data-slot": slot }, title,
+          h("p", { className: "muted" }, d.problem || d.reason || "no drift reported"));
+      }
+      const rows = h("p", { className: "muted" }, `${d.window_rows} rows in the window` +
+        (d.window_rows < d.min_rows ? ` (PSI from ${d.min_rows})` : ""));
+      const items = d.columns.map((c) => h("li", { "data-column": c.name },
+        h("span", { className: "badge", "data-tone": DRIFT_TONES[c.reading] || "" },
+          c.psi === null ? "—" : c.psi.toFixed(3)), " ", c.name));
+      return h("div", { className: "drift-slot", "data-slot": slot }, title, rows,
+        h("ol", { className: "drift-columns" }, ...items));
     }));
   }
 

@@ -35,7 +35,7 @@ ADMIN_OPERATIONS = [
     ("/admin/state", "get"), ("/admin/state", "patch"), ("/admin/promote", "post"),
     ("/admin/rollback", "post"), ("/admin/rollout", "get"), ("/admin/rollout", "post"),
     ("/admin/rollout/pause", "post"), ("/admin/rollout/resume", "post"),
-    ("/admin/analysis", "get"), ("/admin/events", "get"),
+    ("/admin/analysis", "get"), ("/admin/events", "get"), ("/admin/drift", "get"),
 ]
 
 
@@ -120,7 +120,7 @@ def test_model_service_admin_and_metrics_are_described(v1_service: ServerProcess
     assert (bearer["type"], bearer["scheme"]) == ("http", "bearer")
     assert {"401", "503"} <= set(reload["responses"])
     assert list(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
-    assert set(doc["paths"]) == {"/predict", "/health", "/ready", "/version", "/metrics",
+    assert set(doc["paths"]) == {"/predict", "/health", "/ready", "/version", "/metrics", "/drift",
                                  "/admin/reload", "/openapi.json"}
 
 

@@ -358,3 +358,40 @@ def test_shadow_agreement_is_charted(browser: Any, shadow_stack: ServerProcess) 
         assert tab.inner_text("#agreement").endswith("%")
         assert tab.inner_text("#versions tr[data-version=v2] td:last-child").endswith("%")
     assert set(traffic.answered) == {"v1"}, "in shadow mode stable answers every request"
+
+
+# -- input drift --------------------------------------------------------------------------------
+
+
+def test_admin_drift_lists_each_slots_top_columns(stack: ServerProcess) -> None:
+    rows = load_breast_cancer().data[:20].tolist()
+    for _ in range(3):
+        resp = requests.post(stack.url + "/predict", json={"instances": rows}, timeout=10,
+                             headers={"X-Route-To": "v2"})
+        assert resp.status_code == 200
+    drift = admin(stack, "GET", "/admin/drift?top=3")
+    assert drift["top"] == 3 and set(drift["slots"]) == {"v1", "v2"}
+    v2 = drift["slots"]["v2"]
+    assert v2["available"] is True and v2["version"] == "v2" and v2["role"] == "candidate"
+    assert len(v2["columns"]) == 3 and v2["window_rows"] >= 20
+    assert {"name", "psi", "reading"} == set(v2["columns"][0])
+    assert drift["slots"]["v1"]["role"] == "stable"
+    bad = requests.get(stack.url + "/admin/drift?top=zero", timeout=10,
+                       headers={"Authorization": f"Bearer {TOKEN}"})
+    assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("top must be")
+    assert requests.get(stack.url + "/admin/drift", timeout=10).status_code == 401
+
+
+def test_the_drift_panel_lists_columns_per_slot(page: Any, stack: ServerProcess) -> None:
+    rows = load_breast_cancer().data[:60].tolist()
+    resp = requests.post(stack.url + "/predict", json={"instances": rows}, timeout=10,
+                         headers={"X-Route-To": "v2"})
+    assert resp.status_code == 200
+    connect(page, TOKEN)
+    page.wait_for_selector("#drift-slots .drift-slot[data-slot=v2] li[data-column]")
+    expected = admin(stack, "GET", "/admin/drift")["slots"]["v2"]["columns"]
+    shown = page.eval_on_selector_all(
+        "#drift-slots .drift-slot[data-slot=v2] li[data-column]",
+        "(items) => items.map((li) => li.dataset.column)")
+    assert shown == [c["name"] for c in expected]
+    assert "v2" in page.inner_text("#drift-slots .drift-slot[data-slot=v2] h3")
