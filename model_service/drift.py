@@ -1,11 +1,14 @@
 """Live input drift: each worker's sliding window of binned inputs, scored against the reference.
 
-Every ``/predict`` request's rows are binned (:meth:`model_service.reference.Reference.counts`)
-and added to a window of the last ``MODEL_DRIFT_WINDOW_ROWS`` rows, none older than
-``MODEL_DRIFT_WINDOW_S`` seconds. The window is kept in ``SLICES`` slices, so old rows leave it a
-slice at a time and a request costs one vector addition. At most every ``FLUSH_INTERVAL_S``, and
-before ``/metrics`` or ``/drift`` answer, the counts are written to the metrics and each column's
-PSI (:mod:`metrics.drift`) is computed once for the whole window.
+A ``/predict`` request only queues its rows (the inputs as the pipeline got them): the answer
+does not wait for any of this. At most every ``FLUSH_INTERVAL_S``, and before ``/metrics`` or
+``/drift`` answer, the queued rows are binned together
+(:meth:`model_service.reference.Reference.counts`, one call per batch of requests) and added to a
+window of the last ``MODEL_DRIFT_WINDOW_ROWS`` rows, none older than ``MODEL_DRIFT_WINDOW_S``
+seconds; then the counts are written to the metrics and each column's PSI (:mod:`metrics.drift`)
+is computed once for the whole window. The window is kept in ``SLICES`` slices, so old rows leave
+it a slice at a time. Past ``MAX_QUEUED`` requests waiting to be binned, further requests are
+left out of the window until the next flush (a sample of the traffic, not a backlog).
 
 The window is this worker's: with several workers each sees its share of the traffic, and
 ``GET /drift`` answers from the worker that takes the request.
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SLICES = 10
 FLUSH_INTERVAL_S = 1.0
+MAX_QUEUED = 20_000
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,11 @@ class DriftWindow:
         while len(self._slices) > 1 and self._rows - self._slices[0][1] >= self.window_rows:
             self._drop_oldest()
 
+    @property
+    def slice_rows(self) -> int:
+        """Rows a slice holds before the next one starts."""
+        return self._slice_rows
+
     def totals(self) -> tuple[np.ndarray, int]:
         """The window's counts per bin and its rows."""
         self._expire(self.clock())
@@ -108,6 +117,17 @@ class _Tracked:
         self.psi = np.full(len(self.reference.columns) if self.reference else 0, np.nan)
 
 
+def _joined(batch: list[Any]) -> Any:
+    """The rows of several requests as one input of the same kind (a matrix or a DataFrame)."""
+    if len(batch) == 1:
+        return batch[0]
+    if all(isinstance(inputs, np.ndarray) for inputs in batch):
+        return np.concatenate(batch)
+    import pandas as pd
+
+    return pd.concat(batch, ignore_index=True)
+
+
 class DriftMonitor:
     """The live window of the served model's inputs, its metrics and its report."""
 
@@ -117,6 +137,7 @@ class DriftMonitor:
         self._tracked: _Tracked | None = None
         self._lock = threading.Lock()
         self._flusher_pid: int | None = None
+        self._queued: list[tuple[LoadedModel, Any]] = []
 
     @property
     def enabled(self) -> bool:
@@ -124,19 +145,40 @@ class DriftMonitor:
 
     def observe(self, model: LoadedModel, inputs: Any) -> None:
         """Add one request's rows (``inputs`` as the pipeline got them) to the window."""
-        if not self.enabled or model.reference is None:
+        if not self.enabled or model.reference is None or len(self._queued) >= MAX_QUEUED:
             return
-        counts = model.reference.counts(inputs)
-        with self._lock:
-            tracked = self._track(model)
-            tracked.window.add(counts, len(inputs))
-            tracked.pending += counts
+        self._queued.append((model, inputs))
         if self._flusher_pid != os.getpid():
             self._start_flusher()
 
+    def _bin_queued(self) -> None:
+        """Bin the queued requests' rows, a batch per served model, into its window (call with
+        the lock)."""
+        queued, self._queued = self._queued, []
+        start = 0
+        while start < len(queued):
+            model = queued[start][0]
+            end = start
+            while end < len(queued) and queued[end][0] is model:
+                end += 1
+            batch = [inputs for _, inputs in queued[start:end]]
+            reference = model.reference
+            assert reference is not None  # observe() queues only models with one
+            joined = _joined(batch)
+            tracked = self._track(model)
+            step = tracked.window.slice_rows  # a slice at a time, so old rows still leave in slices
+            for first in range(0, len(joined), step):
+                part = joined[first:first + step]
+                counts = reference.counts(part)
+                tracked.window.add(counts, len(part))
+                tracked.pending += counts
+            start = end
+
     def flush(self) -> None:
-        """Write pending counts to the counters and this window's PSI to the gauges."""
+        """Bin the queued rows, write pending counts to the counters and this window's PSI to
+        the gauges."""
         with self._lock:
+            self._bin_queued()
             tracked = self._tracked
             if tracked is None or tracked.reference is None:
                 return
@@ -166,9 +208,9 @@ class DriftMonitor:
             return {**head, "available": False, "columns": [],
                     "reason": f"version {model.version} has no reference distributions (packaged "
                               "before they were recorded): package it again to measure drift"}
+        self.flush()
         with self._lock:
             tracked = self._track(model)
-        self.flush()
         counts, rows = tracked.window.totals()
         columns = []
         for k, column in enumerate(reference.columns):
