@@ -35,6 +35,10 @@ feedback = Blueprint("feedback", __name__)
 MAX_FEEDBACK_BODY = 8 * 1024 * 1024
 
 
+class FeedbackUnauthorized(Unauthorized):
+    headers = (("WWW-Authenticate", 'Bearer realm="feedback"'),)
+
+
 def _ctx() -> RouterContext:
     return current_app.extensions["router"]  # type: ignore[no-any-return]
 
@@ -45,7 +49,7 @@ def _authenticate(ctx: RouterContext) -> None:
         raise NotFound("feedback is disabled: set ROUTER_FEEDBACK_TOKEN to enable POST /feedback",
                        code="feedback_disabled")
     if not bearer_matches(request.headers.get("Authorization", ""), token):
-        raise Unauthorized("missing or wrong feedback token: send the header "
+        raise FeedbackUnauthorized("missing or wrong feedback token: send the header "
                            "'Authorization: Bearer <ROUTER_FEEDBACK_TOKEN>'")
 
 
