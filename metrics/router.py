@@ -104,6 +104,40 @@ class RouterMetrics:
             "router_rollout_decisions_total", "Automated rollout decisions.", ["decision"],
             registry=registry,
         )
+        self.feedback_requests = Counter(
+            "router_feedback_requests_total", "POST /feedback calls by outcome (recorded, "
+            "duplicate, conflict, unknown, invalid).", ["outcome"], registry=registry,
+        )
+        self.feedback_rows = Counter(
+            "router_feedback_rows_total", "Labelled rows joined to the version that predicted them.",
+            ["version"], registry=registry,
+        )
+        self.feedback_correct = Counter(
+            "router_feedback_correct_total", "Labelled rows a classifier predicted right.",
+            ["version"], registry=registry,
+        )
+        self.feedback_log_loss = Counter(
+            "router_feedback_log_loss_total", "Sum of labelled rows' log loss (probabilities "
+            "clipped at 1e-15); divided by rows, the mean log loss.", ["version"],
+            registry=registry,
+        )
+        self.feedback_abs_error = Counter(
+            "router_feedback_abs_error_total", "Sum of a regressor's absolute errors on labelled "
+            "rows; divided by rows, the MAE.", ["version"], registry=registry,
+        )
+        self.feedback_sq_error = Counter(
+            "router_feedback_sq_error_total", "Sum of a regressor's squared errors on labelled "
+            "rows; divided by rows, the MSE.", ["version"], registry=registry,
+        )
+        self.feedback_discordant = Counter(
+            "router_feedback_discordant_total", "Paired (shadow) labelled rows exactly one version "
+            "got right, by the version that was right.", ["stable", "candidate", "right"],
+            registry=registry,
+        )
+        self.feedback_dropped = Counter(
+            "router_feedback_dropped_total", "Answers not remembered for feedback because the "
+            "queue to the state store was full.", ["part"], registry=registry,
+        )
         self._request_children: dict[tuple[str, str, int], Counter] = {}
         self._duration_children: dict[str, Histogram] = {}
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -120,6 +154,25 @@ class RouterMetrics:
         if found is None:
             found = self._children[key] = metric.labels(*values)
         return found
+
+    def feedback(self, counts: dict[str, Any]) -> None:
+        """Count one recorded feedback (``metrics.quality``'s counts shape)."""
+        fields = (("rows", self.feedback_rows), ("correct", self.feedback_correct),
+                  ("log_loss_sum", self.feedback_log_loss),
+                  ("abs_error_sum", self.feedback_abs_error),
+                  ("sq_error_sum", self.feedback_sq_error))
+        for version, values in (counts.get("versions") or {}).items():
+            for name, metric in fields:
+                if name in values:
+                    self.child(metric, version).inc(values[name])
+        for pair, values in (counts.get("pairs") or {}).items():
+            stable, _, candidate = pair.partition(" -> ")
+            if values.get("stable_only"):
+                self.child(self.feedback_discordant, stable, candidate, "stable").inc(
+                    values["stable_only"])
+            if values.get("candidate_only"):
+                self.child(self.feedback_discordant, stable, candidate, "candidate").inc(
+                    values["candidate_only"])
 
     def request(self, version: str, strategy: str, code: int, seconds: float) -> None:
         """Count one client request (written by :meth:`flush`, at most FLUSH_INTERVAL_S later)."""

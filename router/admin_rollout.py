@@ -13,7 +13,9 @@ from metrics.analysis import Thresholds, judge
 from metrics.sources import SourceUnavailable
 from metrics.window import VersionCounts, quantile, window
 from router.admin import _actor, _body, _ctx, _if_match, _reason, _state_response, admin
+from metrics.quality import summarise
 from router.live_state import Snapshot
+from router.state import StateStoreError
 from router.rollout import ACTIVE, new_rollout
 from router.rollout_plan import RolloutPlan, parse_plan
 from router.rollout_step import analyse, counts_of
@@ -194,4 +196,18 @@ def analysis() -> Response:
         "candidate_version": version_of(routing.candidate),
         "versions": {v: _summary(c) for v, c in stats.items()},
         "verdict": verdict,
+        "quality": _quality(ctx),
     })
+
+
+def _quality(ctx: Any) -> dict[str, Any] | None:
+    """Accuracy and log loss (or MAE and RMSE) per version from the labels received, and the
+    paired shadow comparisons; None while feedback is off."""
+    if ctx.config.feedback_token is None:
+        return None
+    try:
+        counts = ctx.store.quality_counts()
+    except StateStoreError as exc:
+        return {"error": f"quality counts unavailable: {exc}"}
+    return {"window": "requests served within ROUTER_FEEDBACK_RETENTION_S that got labels",
+            **summarise(counts)}

@@ -25,8 +25,10 @@ from router.config import RouterConfig
 from router.context import RouterContext
 from router.dashboard import dashboard
 from router.datapath import DataPath
+from router.feedback import feedback
 from router.live_state import LiveState, Snapshot
 from router.openapi import openapi
+from router.prediction_log import PredictionLog
 from router.releases import keep_audit_lines
 from router.shadow import Mirror
 from router.slots import SlotVersions, access_refused
@@ -80,8 +82,14 @@ def create_app(
         source = StoreSource(store, publisher, before_read=metrics.flush)
     controller = RolloutController(live, source, pools, metrics, config.model_admin_token, slots,
                                    model_headers=config.model_headers)
+    predictions = None
+    if config.feedback_token is not None:
+        predictions = PredictionLog(store, slots, metrics, retention_s=config.feedback_retention_s,
+                                    max_requests=config.feedback_max_requests)
+        mirror.on_answer = lambda job, version, body: predictions.remember(
+            job.request_id, "shadow", version, job.candidate, body)
     ctx = RouterContext(config, store, live, pools, metrics, mirror, registry, source, controller,
-                        slots, publisher)
+                        slots, publisher, predictions)
     ctx_holder.append(ctx)
     on_change(live.current)
 
@@ -91,6 +99,7 @@ def create_app(
     app.register_blueprint(admin)
     app.register_blueprint(dashboard)
     app.register_blueprint(openapi)
+    app.register_blueprint(feedback)
 
     @app.get("/health")
     def health() -> Response:
@@ -128,7 +137,8 @@ def create_app(
         ctx.metrics.flush()  # this worker's latest requests; others flush on their own schedule
         return metrics_response(ctx.registry)
 
-    app.wsgi_app = DataPath(app.wsgi_app, config, live, pools, metrics, mirror, slots)  # type: ignore[method-assign]
+    app.wsgi_app = DataPath(  # type: ignore[method-assign]
+        app.wsgi_app, config, live, pools, metrics, mirror, slots, predictions)
     if config.metrics_token is not None:
         scrape = metrics_guard(config.metrics_token)
         app.wsgi_app = BearerGate(  # type: ignore[method-assign]

@@ -186,7 +186,38 @@ def render_analysis(analysis: dict[str, Any]) -> str:
         if shadow.get("requests"):
             line += f"  shadow {shadow['requests']:.0f}, agreement {_num(shadow.get('agreement'))}"
         rows.append(line)
+    rows += render_quality(analysis.get("quality"))
     return "\n".join(rows) or "no traffic yet"
+
+
+def render_quality(quality: dict[str, Any] | None) -> list[str]:
+    """Lines for the labels received: accuracy (95 % interval) and log loss, or MAE and RMSE, per
+    version; under shadow, the paired comparison with McNemar's p-value."""
+    if not quality:
+        return []
+    if quality.get("error"):
+        return [f"quality: {quality['error']}"]
+    rows = []
+    for version, q in (quality.get("versions") or {}).items():
+        if q.get("task") == "classification":
+            low, high = q.get("accuracy_ci95") or (None, None)
+            rows.append(f"{version:<6} {q['rows']:>7} labelled  accuracy {_num(q.get('accuracy'))}"
+                        f" [{_num(low)}, {_num(high)}]  log loss {_num(q.get('log_loss'))}")
+        else:
+            rows.append(f"{version:<6} {q['rows']:>7} labelled  MAE {_num(q.get('mae'))}  "
+                        f"RMSE {_num(q.get('rmse'))}")
+    for pair in quality.get("paired") or []:
+        head = f"paired {pair['stable']} vs {pair['candidate']} on {pair['rows']} rows: "
+        if "mcnemar" in pair:
+            rows.append(head + f"accuracy {_num(pair.get('stable_accuracy'))} vs "
+                        f"{_num(pair.get('candidate_accuracy'))}, discordant "
+                        f"{pair['stable_right_candidate_wrong']}/"
+                        f"{pair['stable_wrong_candidate_right']}, McNemar p = "
+                        f"{_num(pair['mcnemar'].get('p_value'))}")
+        else:
+            rows.append(head + f"MAE {_num(pair.get('stable_mae'))} vs "
+                        f"{_num(pair.get('candidate_mae'))}")
+    return rows
 
 
 def render_watch(state: dict[str, Any], analysis: dict[str, Any]) -> str:

@@ -96,6 +96,9 @@ class RouterConfig:
     request_metrics: bool = True  # off only to measure what recording costs (loadtest/bench.py)
     instance_id: str = field(default_factory=lambda: instance_id(environ()))
     counts_retention_s: float = 3600.0
+    feedback_token: str | None = None  # POST /feedback needs it; unset: feedback is off
+    feedback_retention_s: float = 7 * 86400.0
+    feedback_max_requests: int = 1_000_000
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -168,4 +171,9 @@ class RouterConfig:
             request_metrics=env_bool(env, "ROUTER_REQUEST_METRICS", True),
             instance_id=instance_id(env),
             counts_retention_s=env_float(env, "ROUTER_COUNTS_RETENTION_S", 3600.0, 1.0, 604800.0),
+            feedback_token=env_token(env, "ROUTER_FEEDBACK_TOKEN"),
+            feedback_retention_s=env_float(env, "ROUTER_FEEDBACK_RETENTION_S", 7 * 86400.0, 1.0,
+                                           90 * 86400.0),
+            feedback_max_requests=env_int(env, "ROUTER_FEEDBACK_MAX_REQUESTS", 1_000_000, 1,
+                                          100_000_000),
         )

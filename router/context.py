@@ -11,6 +11,7 @@ from metrics.router import RouterMetrics
 from router.config import RouterConfig
 from router.live_state import LiveState
 from metrics.sources import MetricSource
+from router.prediction_log import PredictionLog
 from router.rollout import RolloutController
 from router.shadow import Mirror
 from router.slots import SlotVersions
@@ -32,11 +33,12 @@ class RouterContext:
     controller: RolloutController
     slots: SlotVersions
     publisher: CountsPublisher | None = None  # None when statistics come from Prometheus
+    predictions: PredictionLog | None = None  # None when feedback is off
     closed: bool = field(default=False, init=False)
 
     def close(self) -> None:
         """Stop everything this app owns, in order: the rollout controller, the shadow mirror
-        (copies already queued are still sent), the slot and state refreshers, the publisher of
+        (copies already queued are still sent), the predictions kept for feedback (written), the slot and state refreshers, the publisher of
         this instance's counts (after a last publish), the request tallies (written), the upstream
         connection pools and the state store. Called at worker exit and by tests; a second call
         does nothing.
@@ -48,6 +50,8 @@ class RouterContext:
         self.closed = True
         self.controller.stop()
         self.mirror.close()
+        if self.predictions is not None:
+            self.predictions.close()
         self.slots.close()
         self.live.stop()
         if self.publisher is not None:

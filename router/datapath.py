@@ -24,6 +24,7 @@ from common.last_resort import REQUEST_ID_KEY
 from metrics.router import RouterMetrics
 from router.config import RouterConfig
 from router.live_state import LiveState
+from router.prediction_log import PredictionLog
 from router.shadow import Mirror, MirrorJob, Tolerance
 from router.slots import SlotVersions, access_refused
 from router.upstream import (
@@ -85,7 +86,8 @@ class DataPath:
 
     def __init__(self, fallback_app: Callable[..., Iterable[bytes]], config: RouterConfig,
                  live: LiveState, pools: dict[str, UpstreamPool], metrics: RouterMetrics,
-                 mirror: Mirror, slots: SlotVersions) -> None:
+                 mirror: Mirror, slots: SlotVersions,
+                 predictions: PredictionLog | None = None) -> None:
         self.fallback_app = fallback_app
         self.slots = slots
         self.config = config
@@ -93,6 +95,7 @@ class DataPath:
         self.pools = pools
         self.metrics = metrics
         self.mirror = mirror
+        self.predictions = predictions  # set when feedback is on
         self.model_headers = config.model_headers
         self.rng = random.Random()
 
@@ -127,10 +130,13 @@ class DataPath:
                 elif lower not in _DROP_FROM_UPSTREAM:
                     out.append((name, value))
             self.slots.observed(slot, served)
+            if self.predictions is not None and status == 200:
+                self.predictions.remember(request_id, "served", served or self.slots.label(slot),
+                                          slot, payload)
             if decision.mirror_to and status == 200:
                 self.mirror.submit(MirrorJob(served or self.slots.label(slot), decision.mirror_to,
                                              body, headers, payload,
-                                             Tolerance.of_rollout(snapshot.rollout)))
+                                             Tolerance.of_rollout(snapshot.rollout), request_id))
         except APIError as err:
             status, payload = err.status, orjson.dumps(err.body())
             out = [("Content-Type", "application/json"), *err.headers]

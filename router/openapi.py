@@ -151,6 +151,10 @@ def _schemas(ctx: RouterContext) -> dict[str, Any]:
             "verdict": {"type": "object", "nullable": True,
                         "required": ["decision", "samples", "checks"],
                         "properties": {"decision": STRING, "checks": {"type": "array"}}},
+            "quality": {"type": "object", "nullable": True, "description": (
+                "With feedback on (ROUTER_FEEDBACK_TOKEN): per version accuracy with a 95 % "
+                "Wilson interval and log loss (classifiers) or MAE and RMSE (regressors) from the "
+                "labels received; under shadow, paired comparisons with McNemar's test.")},
         }),
         "Events": _object(["events"], {"events": {"type": "array", "items": _object(
             ["id", "config_version", "time", "actor", "action"], {
@@ -371,12 +375,44 @@ def _admin_paths(versions: list[str]) -> dict[str, Any]:
     }
 
 
+def _feedback_path() -> dict[str, Any]:
+    """POST /feedback: bearer ROUTER_FEEDBACK_TOKEN; 404 while it is unset."""
+    truth = {"type": "array", "minItems": 1}
+    body = {"oneOf": [
+        _object(["request_id", "labels"], {"request_id": STRING, "labels": truth}),
+        _object(["request_id", "values"], {"request_id": STRING,
+                                           "values": truth | {"items": {"type": "number"}}}),
+    ]}
+    ok = json_body("Recorded, or a repeat of feedback already recorded (counted once)", _object(
+        ["request_id", "recorded", "duplicate", "rows", "versions", "paired"], {
+            "request_id": STRING, "recorded": {"type": "boolean"},
+            "duplicate": {"type": "boolean"}, "rows": {"type": "integer", "minimum": 1},
+            "versions": {"type": "array", "items": STRING}, "paired": {"type": "boolean"}}))
+    return {"post": operation(
+        "The ground truth for an earlier request's rows", {
+            "200": ok,
+            **errors(400, 401, 404, 409, 413, 415, 422, 503, meanings={
+                404: "The request id is unknown or expired (code unknown_request), or feedback "
+                     "is disabled: set ROUTER_FEEDBACK_TOKEN (code feedback_disabled).",
+                409: "The request already has different feedback; the first one counts.",
+                422: "Not one entry per row, a label not among the version's classes, a value "
+                     "that is not a finite number, or labels for a regressor (values for a "
+                     "classifier).",
+                503: "The state store does not answer; send the feedback again later."}),
+        }, security=[{"feedback": []}], tags=["feedback"],
+        requestBody={"required": True, "content": {"application/json": {
+            "schema": body, "example": {"request_id": "4f1c2b", "labels": ["benign"]}}}},
+        description="request_id is the X-Request-ID the router answered POST /predict with; one "
+                    "label (classifier) or value (regressor) per row of that request, in order.")}
+
+
 def router_spec() -> dict[str, Any]:
     """The document for the router handling the current request."""
     ctx = _ctx()
     versions = list(ctx.config.upstreams)
-    paths = {"/predict": _data_path(ctx), **_service_paths(versions), **_admin_paths(versions)}
-    schemes = {"bearer": BEARER_SCHEME}
+    paths = {"/predict": _data_path(ctx), "/feedback": _feedback_path(),
+             **_service_paths(versions), **_admin_paths(versions)}
+    schemes = {"bearer": BEARER_SCHEME, "feedback": BEARER_SCHEME}
     if ctx.config.metrics_token is not None:
         schemes["metrics"] = METRICS_SCHEME
         paths["/metrics"] = guarded(paths["/metrics"], "metrics")

@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -56,6 +57,7 @@ class MirrorJob:
     headers: list[tuple[str, str]]
     stable_body: bytes
     tolerance: Tolerance = DEFAULT_TOLERANCE
+    request_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,8 @@ class Mirror:
         self._closed = False
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        # called with (job, candidate version, answer) for each 200 answer: feedback joins it
+        self.on_answer: Callable[[MirrorJob, str, bytes], None] | None = None
 
     def submit(self, job: MirrorJob) -> bool:
         """Queue a copy; False (and counted as dropped) when the queue is full or closed."""
@@ -200,6 +204,8 @@ class Mirror:
             if resp.status != 200:
                 outcome = "error"
             else:
+                if self.on_answer is not None:
+                    self.on_answer(job, candidate, resp.body)
                 result = compare(job.stable_body, resp.body, job.tolerance)
                 if result is None:
                     outcome = "invalid"

@@ -49,6 +49,7 @@ class SlotVersions:
         self.refresh_s = refresh_s
         self._served: dict[str, str | None] = dict.fromkeys(pools)
         self._problems: dict[str, str | None] = dict.fromkeys(pools)
+        self._classes: dict[str, tuple[str, list[object] | None]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -63,6 +64,12 @@ class SlotVersions:
 
     def all(self) -> dict[str, str | None]:
         return dict(self._served)
+
+    def classes(self, slot: str, version: str) -> list[object] | None:
+        """A classifier's class values as the slot's ``GET /version`` gave them for ``version``
+        (None: not a classifier, or not learnt for that version yet)."""
+        known = self._classes.get(slot)
+        return known[1] if known is not None and known[0] == version else None
 
     def problem(self, slot: str) -> str | None:
         """Why the slot's last ``GET /version`` gave no version (None: it did)."""
@@ -81,7 +88,11 @@ class SlotVersions:
             elif resp.status != 200:
                 problem = f"GET /version answered {resp.status}"
             else:
-                version = orjson.loads(resp.body).get("version")
+                metadata = orjson.loads(resp.body)
+                version = metadata.get("version")
+                classes = metadata.get("classes")
+                if isinstance(version, str) and isinstance(classes, list):
+                    self._classes[slot] = (version, classes)
         except UpstreamError as exc:
             problem = f"unreachable: {exc}"
         except (orjson.JSONDecodeError, AttributeError):

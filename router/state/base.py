@@ -1,5 +1,6 @@
 """The state store interface: one versioned routing-state document, an audit log, the release
-history, named leases, and the counts each router instance publishes.
+history, named leases, the counts each router instance publishes, and the predictions kept for
+delayed labels with the quality counts those labels add up to.
 
 Every backend keeps the same three things and offers the same few methods, so the router never
 knows which one it talks to. Changes are compare-and-set on ``config_version``: a writer reads
@@ -17,9 +18,20 @@ Errors::
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
+
+
+QUALITY_BUCKET_S = 60.0  # quality counts are kept per minute of serving, for windowed reads
+PREDICTION_PARTS = ("served", "shadow")
+
+
+def quality_bucket(at: float) -> float:
+    """The start of the quality bucket a request served at ``at`` (Unix time) counts in."""
+    return math.floor(at / QUALITY_BUCKET_S) * QUALITY_BUCKET_S
 
 
 class StateStoreError(Exception):
@@ -120,6 +132,36 @@ class StateStore(Protocol):
 
     def published_counts(self) -> dict[str, dict[str, Any]]:
         """The latest unexpired document of every instance that published counts, by instance."""
+        ...
+
+    def remember_predictions(self, entries: Sequence[tuple[str, str, dict[str, Any]]],
+                             ttl_s: float, max_requests: int) -> None:
+        """Keep each ``(request id, part, answer)`` for feedback, ``ttl_s`` seconds from the
+        request's first part; ``part`` is ``served`` or ``shadow`` (the candidate's copy).
+
+        Beyond ``max_requests`` requests, the oldest are dropped first.
+        """
+        ...
+
+    def recall_predictions(self, request_id: str) -> dict[str, Any] | None:
+        """``{"served": answer, "shadow": answer?, "feedback": fingerprint?}``; None when the
+        request id is unknown or expired."""
+        ...
+
+    def record_feedback(self, request_id: str, fingerprint: str, counts: dict[str, Any],
+                        at: float, keep_s: float) -> str:
+        """Add ``counts`` (``metrics.quality``'s shape) to the time bucket of ``at`` (when the
+        request was served), once per request id, atomically.
+
+        Returns ``recorded``; ``duplicate`` when this fingerprint was recorded before (nothing
+        added); ``conflict`` when a different one was; ``unknown`` when the request id expired
+        meanwhile. Buckets are kept ``keep_s`` seconds past their end.
+        """
+        ...
+
+    def quality_counts(self, since: float = 0.0, until: float = math.inf) -> dict[str, Any]:
+        """The summed quality counts of the requests served in ``[since, until)`` (to within
+        ``QUALITY_BUCKET_S``: a bucket counts when it starts in the range)."""
         ...
 
     def close(self) -> None:

@@ -11,6 +11,12 @@ Keys live under a prefix (default ``router:``; ``?prefix=...`` in the URL or ``p
     <prefix>counts:<name>  the counts router instance <name> published (JSON), expiring with them
     <prefix>counts         set of the instances that published counts (the expired are pruned)
     <prefix>changes        pub/sub channel: the new config_version after every commit
+    <prefix>pred:<id>      hash: a request's remembered ``served``/``shadow`` answers (JSON) and
+                           its ``feedback`` fingerprint, expiring with the feedback retention
+    <prefix>preds          sorted set of remembered request ids by time (oldest dropped first)
+    <prefix>quality:<t>    hash: the quality counts of requests served in the minute starting
+                           at <t>, expiring some time after it
+    <prefix>quality        sorted set of the quality buckets by start time
 
 Writes are Lua scripts, so a commit or a restore (version check, new state, audit event,
 notification) is one atomic step on the server. Socket timeouts are short and nothing is retried, so an outage
@@ -26,7 +32,9 @@ Example::
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import math
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -36,13 +44,17 @@ from redis.backoff import NoBackoff
 from redis.client import PubSub
 from redis.retry import Retry
 
+from metrics.quality import flatten, unflatten
 from router.state.base import (
+    PREDICTION_PARTS,
+    QUALITY_BUCKET_S,
     StaleState,
     StateStoreError,
     StoredState,
     StoreUnavailable,
     check_lease_ttl,
     check_restore_version,
+    quality_bucket,
     stamp_event,
 )
 
@@ -111,6 +123,51 @@ end
 return 0
 """
 
+# KEYS: the remembered-ids index. ARGV: now (ms), ttl (ms), max requests, key prefix, then
+# (id, part, answer) triples. A request's first part sets its time and expiry. The keys of the
+# requests dropped for size are derived here from the index, so this script (like the other
+# pruning) needs every key on one server.
+_REMEMBER = """
+local now, ttl, cap, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+for i = 5, #ARGV, 3 do
+    local key = prefix .. ARGV[i]
+    if redis.call('HSETNX', key, 'at', now) == 1 then
+        redis.call('PEXPIRE', key, ttl)
+        redis.call('ZADD', KEYS[1], now, ARGV[i])
+    end
+    redis.call('HSET', key, ARGV[i + 1], ARGV[i + 2])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
+local over = redis.call('ZCARD', KEYS[1]) - cap
+if over > 0 then
+    for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, over - 1)) do
+        redis.call('DEL', prefix .. id)
+    end
+    redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
+end
+return 0
+"""
+
+# KEYS: the request's hash, the bucket's hash, the buckets index. ARGV: fingerprint, bucket,
+# bucket expiry (ms, absolute), then (field, increment) pairs.
+_RECORD_FEEDBACK = """
+if redis.call('HEXISTS', KEYS[1], 'served') == 0 then
+    return 'unknown'
+end
+local earlier = redis.call('HGET', KEYS[1], 'feedback')
+if earlier then
+    if earlier == ARGV[1] then return 'duplicate' end
+    return 'conflict'
+end
+redis.call('HSET', KEYS[1], 'feedback', ARGV[1])
+for i = 4, #ARGV, 2 do
+    redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+redis.call('PEXPIREAT', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[2])
+return 'recorded'
+"""
+
 _RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('DEL', KEYS[1])
@@ -150,6 +207,10 @@ class RedisStateStore:
         self._acquire_lease = self._client.register_script(_ACQUIRE_LEASE)
         self._release_lease = self._client.register_script(_RELEASE_LEASE)
         self._prune_counts = self._client.register_script(_PRUNE_COUNTS)
+        self._remember = self._client.register_script(_REMEMBER)
+        self._record_feedback = self._client.register_script(_RECORD_FEEDBACK)
+        self._preds_key = f"{self.prefix}preds"
+        self._quality_key = f"{self.prefix}quality"
 
     def __repr__(self) -> str:
         return f"RedisStateStore({self.url!r}, prefix={self.prefix!r})"
@@ -261,6 +322,63 @@ class RedisStateStore:
                 )
         return {instance: json.loads(body)
                 for instance, body in zip(instances, bodies, strict=True) if body is not None}
+
+    def remember_predictions(self, entries: Sequence[tuple[str, str, dict[str, Any]]],
+                             ttl_s: float, max_requests: int) -> None:
+        ttl_ms = check_lease_ttl(ttl_s, "remembered predictions")
+        args: list[Any] = [int(time.time() * 1000), ttl_ms, max(0, max_requests),
+                           f"{self.prefix}pred:"]
+        for request_id, part, answer in entries:
+            if part not in PREDICTION_PARTS:
+                raise ValueError(f"prediction part must be one of {PREDICTION_PARTS}")
+            args += [request_id, part, json.dumps(answer)]
+        if len(args) == 4:
+            return
+        with self._translate():
+            self._remember(keys=[self._preds_key], args=args)
+
+    def recall_predictions(self, request_id: str) -> dict[str, Any] | None:
+        with self._translate():
+            served, shadow, feedback = cast("list[str | None]", self._client.hmget(
+                f"{self.prefix}pred:{request_id}", ["served", "shadow", "feedback"]))
+        if served is None:
+            return None
+        found: dict[str, Any] = {"served": json.loads(served)}
+        if shadow is not None:
+            found["shadow"] = json.loads(shadow)
+        if feedback is not None:
+            found["feedback"] = feedback
+        return found
+
+    def record_feedback(self, request_id: str, fingerprint: str, counts: dict[str, Any],
+                        at: float, keep_s: float) -> str:
+        bucket = quality_bucket(at)
+        expires_ms = int((bucket + QUALITY_BUCKET_S + keep_s) * 1000)
+        args: list[Any] = [fingerprint, repr(bucket), expires_ms]
+        for key, value in flatten(counts).items():
+            args += [key, repr(value)]
+        with self._translate():
+            outcome = self._record_feedback(
+                keys=[f"{self.prefix}pred:{request_id}", f"{self._quality_key}:{bucket:.0f}",
+                      self._quality_key], args=args)
+        return str(outcome)
+
+    def quality_counts(self, since: float = 0.0, until: float = math.inf) -> dict[str, Any]:
+        with self._translate():
+            buckets = cast("list[str]", self._client.zrangebyscore(
+                self._quality_key, since, f"({until}" if math.isfinite(until) else "+inf"))
+            pipe = self._client.pipeline(transaction=False)
+            for bucket in buckets:
+                pipe.hgetall(f"{self._quality_key}:{float(bucket):.0f}")
+            found = cast("list[dict[str, str]]", pipe.execute()) if buckets else []
+            gone = [b for b, fields in zip(buckets, found, strict=True) if not fields]
+            if gone:
+                self._client.zrem(self._quality_key, *gone)
+        total: dict[str, float] = {}
+        for fields in found:
+            for key, value in fields.items():
+                total[key] = total.get(key, 0.0) + float(value)
+        return unflatten(total)
 
     def subscribe_changes(self) -> PubSub:
         """Return a pub/sub handle that receives each new config_version (poll ``get_message``).

@@ -13,23 +13,28 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from metrics.quality import flatten, unflatten
 from router.state.base import (
+    PREDICTION_PARTS,
+    QUALITY_BUCKET_S,
     StaleState,
     StateStoreError,
     StoredState,
     StoreUnavailable,
     check_lease_ttl,
     check_restore_version,
+    quality_bucket,
     stamp_event,
 )
 
@@ -58,7 +63,29 @@ _SCHEMA = (
         document TEXT NOT NULL,
         expires_at REAL NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS predictions (
+        request_id TEXT PRIMARY KEY,
+        at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        served TEXT,
+        shadow TEXT,
+        feedback TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS predictions_at ON predictions (at)",
+    """CREATE TABLE IF NOT EXISTS quality_counts (
+        bucket REAL NOT NULL,
+        key TEXT NOT NULL,
+        value REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (bucket, key)
+    )""",
 )
+
+# The part's column is named by the caller from PREDICTION_PARTS only.
+_REMEMBER = """
+    INSERT INTO predictions (request_id, at, expires_at, {part}) VALUES (?, ?, ?, ?)
+    ON CONFLICT (request_id) DO UPDATE SET {part} = excluded.{part}
+"""
 
 _SELECT_STATE = "SELECT config_version, document FROM routing_state WHERE singleton = 1"
 
@@ -214,6 +241,64 @@ class SQLiteStateStore:
             (time.time(),),
         )
         return {instance: json.loads(body) for instance, body in rows}
+
+    def remember_predictions(self, entries: Sequence[tuple[str, str, dict[str, Any]]],
+                             ttl_s: float, max_requests: int) -> None:
+        ttl = check_lease_ttl(ttl_s, "remembered predictions") / 1000
+        now = time.time()
+        with self._transaction() as conn:
+            for request_id, part, answer in entries:
+                if part not in PREDICTION_PARTS:
+                    raise ValueError(f"prediction part must be one of {PREDICTION_PARTS}")
+                conn.execute(_REMEMBER.format(part=part),
+                             (request_id, now, now + ttl, json.dumps(answer)))
+            conn.execute("DELETE FROM predictions WHERE expires_at <= ?", (now,))
+            conn.execute(
+                "DELETE FROM predictions WHERE request_id IN (SELECT request_id FROM predictions "
+                "ORDER BY at DESC, rowid DESC LIMIT -1 OFFSET ?)", (max(0, max_requests),))
+
+    def recall_predictions(self, request_id: str) -> dict[str, Any] | None:
+        rows = self._fetch(
+            "SELECT served, shadow, feedback FROM predictions WHERE request_id = ? "
+            "AND expires_at > ?", (request_id, time.time()))
+        if not rows or rows[0][0] is None:
+            return None
+        served, shadow, feedback = rows[0]
+        found: dict[str, Any] = {"served": json.loads(served)}
+        if shadow is not None:
+            found["shadow"] = json.loads(shadow)
+        if feedback is not None:
+            found["feedback"] = feedback
+        return found
+
+    def record_feedback(self, request_id: str, fingerprint: str, counts: dict[str, Any],
+                        at: float, keep_s: float) -> str:
+        now = time.time()
+        bucket = quality_bucket(at)
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT feedback FROM predictions WHERE request_id = ? AND expires_at > ? "
+                "AND served IS NOT NULL", (request_id, now)).fetchone()
+            if row is None:
+                return "unknown"
+            if row[0] is not None:
+                return "duplicate" if row[0] == fingerprint else "conflict"
+            conn.execute("UPDATE predictions SET feedback = ? WHERE request_id = ?",
+                         (fingerprint, request_id))
+            conn.executemany(
+                "INSERT INTO quality_counts (bucket, key, value, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (bucket, key) DO UPDATE SET value = value + excluded.value",
+                [(bucket, key, value, bucket + QUALITY_BUCKET_S + keep_s)
+                 for key, value in flatten(counts).items()])
+            conn.execute("DELETE FROM quality_counts WHERE expires_at <= ?", (now,))
+        return "recorded"
+
+    def quality_counts(self, since: float = 0.0, until: float = math.inf) -> dict[str, Any]:
+        rows = self._fetch(
+            "SELECT key, SUM(value) FROM quality_counts WHERE bucket >= ? AND bucket < ? "
+            "AND expires_at > ? GROUP BY key",
+            (since, until if math.isfinite(until) else 1e300, time.time()))
+        return unflatten(dict(rows))
 
     def close(self) -> None:
         pid = os.getpid()

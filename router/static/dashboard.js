@@ -186,6 +186,7 @@
     last = { state, analysis, rollout };
     renderRouting(state, analysis);
     renderVersions(state, analysis);
+    renderQuality(analysis.quality);
     renderRollout(rollout, analysis.verdict);
     updateButtons(state, rollout);
     drawCharts();
@@ -261,6 +262,25 @@
       return h("div", { className: "drift-slot", "data-slot": slot }, title, rows,
         h("ol", { className: "drift-columns" }, ...items));
     }));
+  }
+
+  function renderQuality(quality) {
+    $("#quality-off").hidden = !!quality;
+    const q = (quality && quality.versions) || {};
+    const num = (x) => (x == null ? "—" : String(x));
+    $("#quality").replaceChildren(...Object.entries(q).map(([v, s]) => {
+      const cell = (text) => h("td", { className: "num" }, text);
+      const ci = s.accuracy_ci95 ? ` [${s.accuracy_ci95.map((x) => pct(x)).join(", ")}]` : "";
+      return h("tr", { "data-version": v }, h("td", { className: "version" }, v), cell(String(s.rows)),
+        cell(s.accuracy == null ? "—" : pct(s.accuracy) + ci), cell(num(s.log_loss)),
+        cell(num(s.mae)), cell(num(s.rmse)));
+    }));
+    $("#paired").replaceChildren(...((quality && quality.paired) || []).map((p) => h("li", {},
+      p.mcnemar
+        ? `${p.stable} vs ${p.candidate} on the same ${p.rows} rows: accuracy ${pct(p.stable_accuracy)} vs ` +
+          `${pct(p.candidate_accuracy)}; only ${p.stable} right ${p.stable_right_candidate_wrong}, only ` +
+          `${p.candidate} right ${p.stable_wrong_candidate_right}; McNemar p = ${p.mcnemar.p_value}`
+        : `${p.stable} vs ${p.candidate} on the same ${p.rows} rows: MAE ${num(p.stable_mae)} vs ${num(p.candidate_mae)}`)));
   }
 
   function comparator(name) {
