@@ -216,8 +216,15 @@ class Connection:
             raise TimeoutError("budget spent")
         self.received = False
         self.sock.settimeout(remaining)
-        self.sock.sendall(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
+        if len(body) < 65536:
+            message = head + body
+            # one send() takes a small request whole; gevent's sendall() asks the socket for its
+            # buffer size on every call first
+            sent = self.sock.send(message)
+            if sent < len(message):
+                self.sock.sendall(message[sent:])
+        else:
+            self.sock.sendall(head)
             self.sock.sendall(body)
         buf = b""
         while True:

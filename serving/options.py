@@ -1,8 +1,10 @@
 """Which of the worker's optimisations are on: ``SERVING_OPTIMISATIONS``, read and checked at start.
 
 Unset or ``all``: every one (the product's setting). ``none``: none, gunicorn's gevent handler as
-it is. A comma-separated list of names: only those; of ``-name`` items: all but those. One exists now, ``header_reader``. The
-benchmark (``loadtest/bench_serving.py``) switches each off in turn to show what it is worth.
+it is. A comma-separated list of names: only those; of ``-name`` items: all but those. One exists
+now, ``header_reader``; it is also the reader that refuses header bytes RFC 9110 does not allow,
+so switching it off is for measuring only. The benchmark (``loadtest/bench_serving.py``) switches
+each off in turn to show what it is worth.
 
     >>> sorted(optimisations({"SERVING_OPTIMISATIONS": "-header_reader"}))
     []
