@@ -8,16 +8,22 @@
 #                    deletes the tokens, so the next `make run` prints new ones
 #   make clean       delete .venv, artifacts/ and var/: the next `make run` starts from nothing
 #   make help        this text
-PYTHON ?= python3.11
+#
+# Python: 3.11 to 3.14. .venv is made with the newest one installed (bin/pythons lists them), or
+# with PYTHON=python3.12 (a name or a path); an existing .venv keeps its Python unless PYTHON asks
+# for another, and then it is made again (bin/venv-python). VENV=.venv-3.13 keeps a second one.
+PYTHON ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help run test test-quick bench train lint reset clean
+.PHONY: help run test test-quick bench train lint reset clean FORCE
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
-	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+# Rewritten only when the venv's Python changes, which makes the packages install again.
+$(VENV)/.python: FORCE
+	@bin/venv-python $(VENV) $(PYTHON)
+
+$(STAMP): $(VENV)/.python requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -e .

@@ -62,6 +62,10 @@ class AdminClient:
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
+    def close(self) -> None:
+        """Close the kept-alive connections to the router."""
+        self.session.close()
+
     def call(self, method: str, path: str, body: dict[str, Any] | None = None,
              if_match: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
         headers = {"If-Match": f'"{if_match}"'} if if_match is not None else {}
@@ -531,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`rollout events | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    finally:
+        client.close()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 WAL mode lets readers run while a writer commits; every write runs in a ``BEGIN IMMEDIATE``
 transaction, so concurrent writers queue on the file lock (up to the busy timeout) instead of
-failing half-way. Each thread of each process gets its own connection, opened on first use.
+failing half-way. Each thread of each process gets its own connection, opened on first use and
+closed when the thread ends or the store closes.
 
 Example::
 
@@ -108,6 +109,29 @@ class _Connection(sqlite3.Connection):
     """A connection that remembers the process that opened it (and can be weakly referenced)."""
 
     owner_pid: int
+
+
+class _ThreadConnection:
+    """A thread's hold on its connection: when the thread ends, its thread-local storage goes
+    and with it this object, whose finalizer closes the connection (see ``_release``)."""
+
+    __slots__ = ("conn", "__weakref__")
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+
+
+def _release(conn: _Connection, inherited: list[_Connection]) -> None:
+    """Close a connection whose thread has ended, unless another process opened it.
+
+    A connection inherited through fork is kept, never closed: closing it in the child could
+    drop the parent's file locks, and keeping a reference stops the garbage collector from
+    closing it.
+    """
+    if conn.owner_pid == os.getpid():
+        conn.close()
+    else:
+        inherited.append(conn)
 
 
 class SQLiteStateStore:
@@ -301,6 +325,8 @@ class SQLiteStateStore:
         return unflatten(dict(rows))
 
     def close(self) -> None:
+        """Close the connection of every thread of this process (a thread's connection is
+        otherwise closed when the thread ends)."""
         pid = os.getpid()
         for conn in list(self._open_connections):
             if conn.owner_pid == pid:
@@ -310,11 +336,9 @@ class SQLiteStateStore:
     def _connection(self) -> _Connection:
         """Return this thread's connection, opening one on first use or after a fork."""
         local = self._local
-        conn: _Connection | None = getattr(local, "conn", None)
-        if conn is not None and conn.owner_pid == os.getpid():
-            return conn
-        if conn is not None:
-            self._inherited.append(conn)
+        held: _ThreadConnection | None = getattr(local, "held", None)
+        if held is not None and held.conn.owner_pid == os.getpid():
+            return held.conn
         conn = sqlite3.connect(
             self.path,
             timeout=self._busy_timeout_s,
@@ -325,7 +349,9 @@ class SQLiteStateStore:
         conn.owner_pid = os.getpid()
         self._use_wal(conn)
         self._open_connections.add(conn)
-        local.conn = conn
+        # Replacing a hold inherited through fork runs its finalizer, which keeps that connection.
+        local.held = _ThreadConnection(conn)
+        weakref.finalize(local.held, _release, conn, self._inherited)
         return conn
 
     def _use_wal(self, conn: _Connection) -> None:

@@ -12,6 +12,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,8 @@ def open_live(store_path: Path) -> Iterator[Any]:
 
 def forget(path: Path) -> None:
     """Empty the store as a Redis without persistence comes back from a restart."""
-    with sqlite3.connect(path) as conn:
+    # sqlite3's own context manager commits but does not close: closing() does.
+    with closing(sqlite3.connect(path)) as conn, conn:
         for table in ("routing_state", "audit_events", "releases", "leases", "sqlite_sequence"):
             conn.execute(f"DELETE FROM {table}")
 
