@@ -96,6 +96,8 @@ class RouterConfig:
     request_metrics: bool = True  # off only to measure what recording costs (loadtest/bench.py)
     instance_id: str = field(default_factory=lambda: instance_id(environ()))
     counts_retention_s: float = 3600.0
+    disagreement_samples: int = 100  # disagreeing rows kept per pair of versions, for review
+    disagreement_retention_s: float = 7 * 86400.0  # a pair not compared for this long is forgotten
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -168,4 +170,7 @@ class RouterConfig:
             request_metrics=env_bool(env, "ROUTER_REQUEST_METRICS", True),
             instance_id=instance_id(env),
             counts_retention_s=env_float(env, "ROUTER_COUNTS_RETENTION_S", 3600.0, 1.0, 604800.0),
+            disagreement_samples=env_int(env, "ROUTER_DISAGREEMENT_SAMPLES", 100, 0, 10_000),
+            disagreement_retention_s=env_float(env, "ROUTER_DISAGREEMENT_RETENTION_S",
+                                               7 * 86400.0, 1.0, 90 * 86400.0),
         )

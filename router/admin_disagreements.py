@@ -1,0 +1,67 @@
+"""``GET /admin/disagreements``: how stable's and the candidate's predictions differ on live traffic.
+
+Pairs come from shadow traffic, where both versions answer the same request. Under canary each
+request is answered by one version only, so canary traffic adds no pairs; the answer says so.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Response, request
+
+from common.errors import BadRequest, json_response
+from metrics.disagreement import summarize
+from router.admin import _ctx, _query_int, admin
+
+QUERY = ("limit", "stable", "candidate")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
+PAIRS_FROM = "shadow traffic"
+CANARY_NOTE = ("under canary each request is answered by one version only, so there is no pair "
+               "to compare: pairs come from shadow traffic (the shadow phase of a "
+               "shadow-then-canary plan, or strategy shadow)")
+
+
+def _version(name: str) -> str | None:
+    raw = request.args.get(name)
+    if raw is not None and not _VERSION.match(raw):
+        raise BadRequest(f"{name} must be a version such as v2 (letters, digits, ._:+-), got "
+                         f"{raw[:40]!r}", code="bad_query")
+    return raw
+
+
+@admin.get("/disagreements")
+def disagreements() -> Response:
+    """The confusion matrix, the difference distribution and the latest disagreeing rows of one
+    pair of versions: ``?stable=v1&candidate=v2`` (default: the versions the roles serve now)."""
+    ctx = _ctx()
+    unknown = sorted(set(request.args) - set(QUERY))
+    if unknown:
+        raise BadRequest(f"unknown query parameter(s) {unknown}; accepted: {', '.join(QUERY)}",
+                         code="bad_query")
+    limit = _query_int("limit", 20, 0, 1000)
+    stable, candidate = _version("stable"), _version("candidate")
+    if (stable is None) != (candidate is None):
+        raise BadRequest("give both stable and candidate versions, or neither (the versions "
+                         "the roles serve now)", code="bad_query")
+    routing = ctx.live.current.routing
+    pairs = ctx.store.disagreement_pairs()
+    if stable is None and routing.candidate is not None:
+        stable, candidate = ctx.slots.label(routing.stable), ctx.slots.label(routing.candidate)
+    if stable is None and pairs:
+        stable, candidate = pairs[0]["stable"], pairs[0]["candidate"]
+    body: dict[str, Any] = {"stable": stable, "candidate": candidate,
+                            "strategy": routing.strategy, "pairs_from": PAIRS_FROM}
+    if routing.strategy == "canary":
+        body["note"] = CANARY_NOTE
+    if stable is not None and candidate is not None:
+        record = ctx.store.disagreements(stable, candidate, limit)
+        counts, samples = record.counts, record.samples
+    else:
+        counts, samples = {}, []
+    body.update(summarize(counts))
+    body["samples"] = samples
+    body["sample_capacity"] = ctx.config.disagreement_samples
+    body["pairs"] = pairs
+    return json_response(body)
