@@ -18,7 +18,7 @@ from metrics.exposition import metrics_response
 from metrics.router import RouterMetrics
 from metrics.published import CountsPublisher
 from metrics.sources import LocalSource, MetricSource, PrometheusSource, StoreSource
-from router import admin_drift, admin_rollout  # noqa: F401  (register their endpoints)
+from router import admin_disagreements, admin_drift, admin_rollout  # noqa: F401  (register their endpoints)
 from router.admin import admin
 from router.rollout import RolloutController
 from router.config import RouterConfig
@@ -26,6 +26,7 @@ from router.context import RouterContext
 from router.dashboard import dashboard
 from router.datapath import DataPath
 from router.feedback import feedback
+from router.disagreements import DisagreementRecorder
 from router.live_state import LiveState, Snapshot
 from router.openapi import openapi
 from router.prediction_log import PredictionLog
@@ -64,6 +65,8 @@ def create_app(
     slots.refresh()
     mirror = Mirror(pools, metrics, config.shadow_workers, config.shadow_queue, config.timeout_s,
                     slots)
+    mirror.record_disagreements = DisagreementRecorder(
+        store, config.disagreement_samples, config.disagreement_retention_s).record
     ctx_holder: list[RouterContext] = []
 
     def on_change(snapshot: Snapshot) -> None:

@@ -28,6 +28,7 @@ import requests
 
 from router.cli_render import (
     one_line,
+    render_disagreements,
     render_events,
     render_idle,
     render_releases,
@@ -370,6 +371,18 @@ def cmd_events(client: AdminClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_disagreements(client: AdminClient, args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.stable is not None or args.candidate is not None:
+        if args.stable is None or args.candidate is None:
+            raise CLIError("give both --stable and --candidate versions, or neither (the "
+                           "versions the roles serve now)")
+        params.update(stable=args.stable, candidate=args.candidate)
+    doc = client.call("GET", "/admin/disagreements", params=params)
+    _emit(args, doc, partial(render_disagreements, doc))
+    return EXIT_OK
+
+
 # -- arguments -------------------------------------------------------------------------------------
 
 
@@ -495,6 +508,13 @@ COMMANDS: dict[str, tuple[Command, str, list[Option]]] = {
     "events": (cmd_events, "the audit log: time, actor, change, reason", [
         ("--limit", _opt("N", "newest N events (1-1000, default: 20)", type=int, default=20)),
         ("--after", _opt("ID", "only events after this id", type=int, default=0))]),
+    "disagreements": (cmd_disagreements, "where stable's and the candidate's predictions differ "
+                                         "on shadow traffic: confusion matrix, differences, the "
+                                         "latest disagreeing rows", [
+        ("--limit", _opt("N", "newest N disagreeing rows (0-1000, default: 10)", type=int,
+                         default=10)),
+        ("--stable", _opt("VERSION", "the pair's stable version (default: what stable serves)")),
+        ("--candidate", _opt("VERSION", "the pair's candidate version"))]),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -286,3 +287,67 @@ def _wrap(parts: list[str], width: int) -> list[str]:
             lines.append(part)
     return lines
 
+
+
+def _table(rows: list[tuple[str, ...]], right: int = 0) -> list[str]:
+    """Columns padded to their widest cell; the first ``right`` columns after the first are
+    right-aligned (numbers)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.rjust(w) if 0 < i <= right else cell.ljust(w)
+                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+            for row in rows]
+
+
+def _label(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def render_disagreements(doc: dict[str, Any], input_width: int = 60) -> str:
+    """The confusion matrix, the difference distribution and the latest disagreeing rows."""
+    stable, candidate = doc.get("stable"), doc.get("candidate")
+    rows = doc.get("rows") or 0
+    agreement = doc.get("agreement")
+    pairs = ", ".join(f"{p.get('stable')} -> {p.get('candidate')}" for p in doc.get("pairs") or [])
+    head = [("pair", f"{stable or '-'} -> {candidate or '-'} (stable -> candidate)"),
+            ("rows", f"{rows} compared, {doc.get('disagreeing_rows') or 0} disagree"
+                     + (f" (agreement {agreement:.1%})" if agreement is not None else "")),
+            ("pairs from", str(doc.get("pairs_from") or "-")),
+            ("recorded pairs", pairs or "none")]
+    if doc.get("note"):
+        head.append(("note", str(doc["note"])))
+    out = [_lines(head)]
+    matrix = doc.get("confusion_matrix")
+    if matrix and matrix.get("classes"):
+        names = [_label(c) for c in matrix["classes"]]
+        grid = [(f"{stable} \\ {candidate}", *names)]
+        grid += [(name, *map(str, line)) for name, line in zip(names, matrix["counts"],
+                                                                strict=True)]
+        out += ["", "confusion matrix (rows: stable's class, columns: the candidate's)",
+                *("  " + line for line in _table(grid, right=len(names)))]
+    elif doc.get("confusion_matrix_note"):
+        out += ["", f"confusion matrix: none ({doc['confusion_matrix_note']})"]
+    differences = doc.get("differences") or {}
+    buckets = [b for b in differences.get("buckets") or [] if b.get("count")]
+    if buckets:
+        top = max(b["count"] for b in buckets)
+        bars = [(f"<= {b['le']:g}" if b["le"] is not None else "above", str(b["count"]),
+                 "#" * max(1, round(30 * b["count"] / top))) for b in buckets]
+        out += ["", f"{differences.get('kind', '')} difference per row",
+                *("  " + line for line in _table(bars, right=1))]
+    samples = doc.get("samples") or []
+    if not samples:
+        out += ["", "no disagreeing rows recorded"]
+        return "\n".join(out)
+    table: list[tuple[str, ...]] = [("TIME", "REQUEST ID", "ROW", "STABLE", "CANDIDATE", "DIFF",
+                                     "INPUT")]
+    for s in samples:
+        shown = json.dumps(s.get("input"), separators=(",", ":"))
+        if len(shown) > input_width:
+            shown = shown[:input_width - 3] + "..."
+        table.append((str(s.get("time") or "")[:19].replace("T", " "),
+                      str(s.get("request_id") or "-"), str(s.get("row", "")),
+                      _label(s.get("stable_prediction")), _label(s.get("candidate_prediction")),
+                      _num(s.get("difference")), shown))
+    out += ["", f"latest disagreeing rows, newest first ({len(samples)} shown, "
+                f"{doc.get('sample_capacity')} kept per pair)", *_table(table)]
+    return "\n".join(out)

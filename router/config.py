@@ -99,6 +99,8 @@ class RouterConfig:
     feedback_token: str | None = None  # POST /feedback needs it; unset: feedback is off
     feedback_retention_s: float = 7 * 86400.0
     feedback_max_requests: int = 1_000_000
+    disagreement_samples: int = 100  # disagreeing rows kept per pair of versions, for review
+    disagreement_retention_s: float = 7 * 86400.0  # a pair not compared for this long is forgotten
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -176,4 +178,7 @@ class RouterConfig:
                                            90 * 86400.0),
             feedback_max_requests=env_int(env, "ROUTER_FEEDBACK_MAX_REQUESTS", 1_000_000, 1,
                                           100_000_000),
+            disagreement_samples=env_int(env, "ROUTER_DISAGREEMENT_SAMPLES", 100, 0, 10_000),
+            disagreement_retention_s=env_float(env, "ROUTER_DISAGREEMENT_RETENTION_S",
+                                               7 * 86400.0, 1.0, 90 * 86400.0),
         )

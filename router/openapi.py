@@ -34,6 +34,8 @@ from common.openapi import (
     spec_blueprint,
 )
 from router.admin import PATCHABLE
+from router.admin_disagreements import QUERY_PARAMETERS as DISAGREEMENT_QUERY
+from router.admin_disagreements import RESPONSE_SCHEMA as DISAGREEMENTS
 from router.context import RouterContext
 from router.dashboard import ASSETS
 from router.rollout_plan import _THRESHOLD_LIMITS, PLAN_STRATEGIES, VERSION_LABEL
@@ -357,6 +359,10 @@ def _admin_paths(versions: list[str]) -> dict[str, Any]:
                 {"name": "top", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 5}},
             ])},
+        "/admin/disagreements": {"get": admin_op(
+            "Where stable's and the candidate's predictions differ, from shadow traffic",
+            json_body("Confusion matrix, difference distribution, latest disagreeing rows",
+                      DISAGREEMENTS), 400, parameters=DISAGREEMENT_QUERY)},
         "/admin/releases": {"get": admin_op(
             "The release history, oldest first: version, slot, strategy, start, end, outcome",
             json_body("Releases", {"$ref": f"{SCHEMAS}Releases"}), 400, parameters=[

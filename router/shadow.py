@@ -10,8 +10,8 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -124,6 +124,8 @@ class Mirror:
         self._lock = threading.Lock()
         # called with (job, candidate version, answer) for each 200 answer: feedback joins it
         self.on_answer: Callable[[MirrorJob, str, bytes], None] | None = None
+        # (job, candidate version, candidate's body) of every compared copy: disagreement analytics
+        self.record_disagreements: Callable[[MirrorJob, str, bytes], None] | None = None
 
     def submit(self, job: MirrorJob) -> bool:
         """Queue a copy; False (and counted as dropped) when the queue is full or closed."""
@@ -223,4 +225,14 @@ class Mirror:
                     diffs = (metrics.shadow_value_diff if result.regression
                              else metrics.shadow_probability_diff)
                     metrics.child(diffs, *pair).observe(result.max_diff)
+                    self._disagreements(job, candidate, resp.body)
         metrics.child(metrics.shadow_requests, candidate, outcome).inc()
+
+    def _disagreements(self, job: MirrorJob, candidate: str, body: bytes) -> None:
+        """Hand a compared copy to the disagreement recorder; its failure never stops the count."""
+        if self.record_disagreements is None:
+            return
+        try:
+            self.record_disagreements(job, candidate, body)
+        except Exception:
+            log.exception("recording the disagreements of a shadow copy failed")

@@ -63,6 +63,14 @@ class StoredState:
     document: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class PairDisagreements:
+    """What the store holds for one pair of versions compared under shadow."""
+
+    counts: dict[str, int]  # metrics.disagreement's fields
+    samples: list[dict[str, Any]]  # newest first
+
+
 @runtime_checkable
 class StateStore(Protocol):
     """Where a router keeps its routing state, its audit log and its leases.
@@ -112,6 +120,24 @@ class StateStore(Protocol):
 
     def releases(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest ``limit`` release records, oldest first (by ``started_at``)."""
+        ...
+
+    def record_disagreements(self, stable: str, candidate: str, counts: dict[str, int],
+                             samples: list[dict[str, Any]], keep: int, ttl_s: float) -> None:
+        """Add ``counts`` to the pair's tallies and push ``samples`` onto its samples, atomically.
+
+        Only the newest ``keep`` samples of a pair are kept (the oldest are dropped first); a pair
+        nothing was recorded for in ``ttl_s`` seconds is forgotten, tallies and samples.
+        """
+        ...
+
+    def disagreements(self, stable: str, candidate: str, limit: int = 100) -> PairDisagreements:
+        """The pair's tallies and its newest ``limit`` samples, newest first (empty if unknown)."""
+        ...
+
+    def disagreement_pairs(self) -> list[dict[str, Any]]:
+        """Every unexpired pair recorded: ``stable``, ``candidate``, ``updated_at`` (Unix time),
+        the most recently updated first."""
         ...
 
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:

@@ -7,6 +7,9 @@ Keys live under a prefix (default ``router:``; ``?prefix=...`` in the URL or ``p
     <prefix>event_id       counter the event ids come from
     <prefix>releases       hash: release id -> release record (JSON)
     <prefix>release_order  sorted set of release ids by start time
+    <prefix>disagreements:<pair>:counts   hash: metrics.disagreement field -> rows, expiring
+    <prefix>disagreements:<pair>:samples  capped list of disagreeing rows (JSON), newest first
+    <prefix>disagreement_pairs  sorted set of pairs (JSON ``[stable, candidate]``) by last write
     <prefix>lease:<name>   the holder of a lease, expiring with the lease's TTL
     <prefix>counts:<name>  the counts router instance <name> published (JSON), expiring with them
     <prefix>counts         set of the instances that published counts (the expired are pruned)
@@ -48,6 +51,7 @@ from metrics.quality import flatten, unflatten
 from router.state.base import (
     PREDICTION_PARTS,
     QUALITY_BUCKET_S,
+    PairDisagreements,
     StaleState,
     StateStoreError,
     StoredState,
@@ -199,6 +203,7 @@ class RedisStateStore:
         self._event_id_key = f"{self.prefix}event_id"
         self._releases_key = f"{self.prefix}releases"
         self._release_order_key = f"{self.prefix}release_order"
+        self._disagreement_pairs_key = f"{self.prefix}disagreement_pairs"
         self._counts_key = f"{self.prefix}counts"
         self.changes_channel = f"{self.prefix}changes"
         self._initialize = self._client.register_script(_INITIALIZE)
@@ -289,6 +294,46 @@ class RedisStateStore:
             bodies = cast("list[str | None]",
                           self._client.hmget(self._releases_key, ids)) if ids else []
         return [json.loads(body) for body in reversed(bodies) if body is not None]
+
+    def record_disagreements(self, stable: str, candidate: str, counts: dict[str, int],
+                             samples: list[dict[str, Any]], keep: int, ttl_s: float) -> None:
+        ttl_ms = check_lease_ttl(ttl_s, "disagreement retention")
+        counts_key, samples_key = self._disagreement_keys(stable, candidate)
+        now = time.time()
+        with self._translate():
+            pipe = self._client.pipeline(transaction=True)
+            for key, n in counts.items():
+                if n:
+                    pipe.hincrby(counts_key, key, int(n))
+            pipe.pexpire(counts_key, ttl_ms)
+            if samples and keep > 0:
+                pipe.lpush(samples_key, *(json.dumps(sample) for sample in samples[-keep:]))
+            pipe.ltrim(samples_key, 0, max(keep, 0) - 1)
+            pipe.pexpire(samples_key, ttl_ms)
+            pipe.zadd(self._disagreement_pairs_key, {json.dumps([stable, candidate]): now})
+            pipe.zremrangebyscore(self._disagreement_pairs_key, "-inf", now - ttl_ms / 1000)
+            pipe.execute()
+
+    def disagreements(self, stable: str, candidate: str, limit: int = 100) -> PairDisagreements:
+        counts_key, samples_key = self._disagreement_keys(stable, candidate)
+        with self._translate():
+            counts = cast("dict[str, str]", self._client.hgetall(counts_key))
+            samples = cast("list[str]", self._client.lrange(samples_key, 0, limit - 1)) \
+                if limit > 0 else []
+        return PairDisagreements({key: int(n) for key, n in counts.items()},
+                                 [json.loads(body) for body in samples])
+
+    def disagreement_pairs(self) -> list[dict[str, Any]]:
+        with self._translate():
+            members = cast("list[tuple[str, float]]", self._client.zrevrange(
+                self._disagreement_pairs_key, 0, -1, withscores=True))
+            pairs = [json.loads(member) for member, _ in members]
+            pipe = self._client.pipeline(transaction=False)
+            for pair in pairs:
+                pipe.exists(self._disagreement_keys(*pair)[0])
+            alive = pipe.execute() if pairs else []
+        return [{"stable": pair[0], "candidate": pair[1], "updated_at": at}
+                for pair, (_, at), ok in zip(pairs, members, alive, strict=True) if ok]
 
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
         ttl_ms = check_lease_ttl(ttl_s)
@@ -395,6 +440,11 @@ class RedisStateStore:
 
     def close(self) -> None:
         self._client.close()
+
+    def _disagreement_keys(self, stable: str, candidate: str) -> tuple[str, str]:
+        pair = json.dumps([stable, candidate], separators=(",", ":"))
+        base = f"{self.prefix}disagreements:{pair}"
+        return f"{base}:counts", f"{base}:samples"
 
     def _lease_key(self, name: str) -> str:
         return f"{self.prefix}lease:{name}"

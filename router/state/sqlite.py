@@ -29,6 +29,7 @@ from metrics.quality import flatten, unflatten
 from router.state.base import (
     PREDICTION_PARTS,
     QUALITY_BUCKET_S,
+    PairDisagreements,
     StaleState,
     StateStoreError,
     StoredState,
@@ -54,6 +55,28 @@ _SCHEMA = (
         started_at REAL NOT NULL,
         record TEXT NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS disagreement_pairs (
+        stable TEXT NOT NULL,
+        candidate TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (stable, candidate)
+    )""",
+    """CREATE TABLE IF NOT EXISTS disagreement_counts (
+        stable TEXT NOT NULL,
+        candidate TEXT NOT NULL,
+        field TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (stable, candidate, field)
+    )""",
+    """CREATE TABLE IF NOT EXISTS disagreement_samples (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        stable TEXT NOT NULL,
+        candidate TEXT NOT NULL,
+        sample TEXT NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS disagreement_samples_by_pair
+        ON disagreement_samples (stable, candidate, id)""",
     """CREATE TABLE IF NOT EXISTS leases (
         name TEXT PRIMARY KEY,
         holder TEXT NOT NULL,
@@ -233,6 +256,66 @@ class SQLiteStateStore:
             "SELECT record FROM releases ORDER BY started_at DESC, id DESC LIMIT ?", (limit,)
         )
         return [json.loads(body) for (body,) in reversed(rows)]
+
+    def record_disagreements(self, stable: str, candidate: str, counts: dict[str, int],
+                             samples: list[dict[str, Any]], keep: int, ttl_s: float) -> None:
+        ttl = check_lease_ttl(ttl_s, "disagreement retention") / 1000
+        now = time.time()
+        pair = (stable, candidate)
+        with self._transaction() as conn:
+            expired = conn.execute(
+                "SELECT stable, candidate FROM disagreement_pairs WHERE expires_at <= ?", (now,)
+            ).fetchall()
+            for old in expired:
+                for table in ("disagreement_pairs", "disagreement_counts", "disagreement_samples"):
+                    conn.execute(f"DELETE FROM {table} WHERE stable = ? AND candidate = ?", old)
+            conn.execute(
+                "INSERT INTO disagreement_pairs (stable, candidate, updated_at, expires_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (stable, candidate) DO UPDATE "
+                "SET updated_at = excluded.updated_at, expires_at = excluded.expires_at",
+                (*pair, now, now + ttl),
+            )
+            conn.executemany(
+                "INSERT INTO disagreement_counts (stable, candidate, field, count) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (stable, candidate, field) DO UPDATE "
+                "SET count = count + excluded.count",
+                [(*pair, key, int(n)) for key, n in counts.items() if n],
+            )
+            if samples and keep > 0:
+                conn.executemany(
+                    "INSERT INTO disagreement_samples (stable, candidate, sample) VALUES (?, ?, ?)",
+                    [(*pair, json.dumps(sample)) for sample in samples[-keep:]],
+                )
+            conn.execute(
+                "DELETE FROM disagreement_samples WHERE stable = ? AND candidate = ? AND id <= "
+                "COALESCE((SELECT id FROM disagreement_samples WHERE stable = ? AND candidate = ? "
+                "ORDER BY id DESC LIMIT 1 OFFSET ?), -1)",
+                (*pair, *pair, max(keep, 0)),
+            )
+
+    def disagreements(self, stable: str, candidate: str, limit: int = 100) -> PairDisagreements:
+        pair = (stable, candidate)
+        live = self._fetch(
+            "SELECT 1 FROM disagreement_pairs WHERE stable = ? AND candidate = ? "
+            "AND expires_at > ?", (*pair, time.time()),
+        )
+        if not live:
+            return PairDisagreements({}, [])
+        counts = self._fetch(
+            "SELECT field, count FROM disagreement_counts WHERE stable = ? AND candidate = ?", pair
+        )
+        samples = self._fetch(
+            "SELECT sample FROM disagreement_samples WHERE stable = ? AND candidate = ? "
+            "ORDER BY id DESC LIMIT ?", (*pair, max(limit, 0)),
+        )
+        return PairDisagreements(dict(counts), [json.loads(body) for (body,) in samples])
+
+    def disagreement_pairs(self) -> list[dict[str, Any]]:
+        rows = self._fetch(
+            "SELECT stable, candidate, updated_at FROM disagreement_pairs WHERE expires_at > ? "
+            "ORDER BY updated_at DESC", (time.time(),),
+        )
+        return [{"stable": s, "candidate": c, "updated_at": at} for s, c, at in rows]
 
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
         ttl = check_lease_ttl(ttl_s) / 1000

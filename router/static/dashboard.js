@@ -8,6 +8,7 @@
   const TICK_STEPS_S = [5, 10, 15, 30, 60];
   const TOKEN_KEY = "router-admin-token";
   const COLORS = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#0891b2", "#ca8a04"];
+  const SAMPLES_SHOWN = 10;
   const ACTIVE = ["running", "paused", "awaiting_promotion"];
   const DRIFT_TONES = { stable: "good", moderate: "warn", major: "bad" };
   const TONES = { pass: "good", promoted: "good", running: "good", wait: "warn", paused: "warn",
@@ -126,14 +127,16 @@
   // -- polling ----------------------------------------------------------------------------------
   async function poll(id) {
     try {
-      const [state, analysis, rollout, drift] = await Promise.all([
+      const [state, analysis, rollout, drift, disagreements] = await Promise.all([
         api("GET", "admin/state"), api("GET", "admin/analysis"), api("GET", "admin/rollout"),
         // drift is a panel of its own: a router without it leaves the rest of the page working
-        api("GET", "admin/drift").catch((err) => ({ error: err.message }))]);
+        api("GET", "admin/drift").catch((err) => ({ error: err.message })),
+        api("GET", "admin/disagreements?limit=" + SAMPLES_SHOWN)]);
       if (id !== loop) return;
       ingest(analysis, Date.now());
       render(state, analysis, rollout.rollout);
       renderDrift(state, drift);
+      renderDisagreements(disagreements);
       connection("live", "live");
       notice("");
     } catch (err) {
@@ -281,6 +284,42 @@
           `${pct(p.candidate_accuracy)}; only ${p.stable} right ${p.stable_right_candidate_wrong}, only ` +
           `${p.candidate} right ${p.stable_wrong_candidate_right}; McNemar p = ${p.mcnemar.p_value}`
         : `${p.stable} vs ${p.candidate} on the same ${p.rows} rows: MAE ${num(p.stable_mae)} vs ${num(p.candidate_mae)}`)));
+  }
+
+  // The confusion matrix (rows: stable's class, columns: the candidate's), the distribution of
+  // per-row differences, and the latest disagreeing rows, from GET /admin/disagreements.
+  function renderDisagreements(doc) {
+    const label = (c) => (typeof c === "string" ? c : JSON.stringify(c));
+    $("#disagreement-pair").textContent = doc.stable && doc.candidate
+      ? `${doc.stable} (stable) vs ${doc.candidate} (candidate)` : "";
+    const summary = doc.rows
+      ? `${doc.rows} rows compared, ${doc.disagreeing_rows} disagree (agreement ${pct(doc.agreement)}).`
+      : "No compared rows yet: pairs come from " + doc.pairs_from + ".";
+    $("#disagreement-summary").textContent = summary + (doc.note ? " " + doc.note : "");
+    const matrix = doc.confusion_matrix;
+    const classes = matrix ? matrix.classes.map(label) : [];
+    $("#confusion").replaceChildren(...(classes.length ? [
+      h("thead", {}, h("tr", {}, h("th", {}, "stable \\ candidate"),
+        ...classes.map((c) => h("th", { className: "num" }, c)))),
+      h("tbody", {}, ...matrix.counts.map((line, i) => h("tr", { "data-class": classes[i] },
+        h("th", {}, classes[i]),
+        ...line.map((n, j) => h("td", { className: i === j ? "num agree" : n ? "num disagree" : "num",
+          "data-candidate": classes[j] }, String(n)))))),
+    ] : doc.confusion_matrix_note ? [h("caption", { className: "muted" }, doc.confusion_matrix_note)] : []));
+    $("#difference-kind").textContent = doc.differences.kind + " difference per row";
+    const buckets = doc.differences.buckets.filter((b) => b.count);
+    const top = Math.max(1, ...buckets.map((b) => b.count));
+    $("#differences").replaceChildren(...buckets.map((b) => h("tr", {},
+      h("td", {}, b.le === null ? "above" : "≤ " + b.le), h("td", { className: "num" }, String(b.count)),
+      h("td", {}, h("span", { className: "bar", style: { width: Math.max(2, 120 * b.count / top) + "px" } })))));
+    const rows = doc.samples.map((s) => h("tr", { "data-request-id": s.request_id || "" },
+      h("td", {}, String(s.time || "").slice(11, 19)), h("td", {}, s.request_id || "—"),
+      h("td", { className: "num" }, String(s.row)),
+      h("td", {}, label(s.stable_prediction)), h("td", {}, label(s.candidate_prediction)),
+      h("td", { className: "num" }, fmt(s.difference, (x) => x.toPrecision(3))),
+      h("td", { className: "input", title: JSON.stringify(s.input) }, JSON.stringify(s.input).slice(0, 80))));
+    $("#disagreement-samples").replaceChildren(...(rows.length ? rows
+      : [h("tr", {}, h("td", { colspan: "7", className: "muted" }, "No disagreeing rows recorded."))]));
   }
 
   function comparator(name) {

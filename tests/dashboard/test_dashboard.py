@@ -395,3 +395,42 @@ def test_the_drift_panel_lists_columns_per_slot(page: Any, stack: ServerProcess)
         "(items) => items.map((li) => li.dataset.column)")
     assert shown == [c["name"] for c in expected]
     assert "v2" in page.inner_text("#drift-slots .drift-slot[data-slot=v2] h3")
+
+
+def disagreeing_rows(v1: ServerProcess, v2: ServerProcess) -> list[list[float]]:
+    """Breast-cancer rows on which v1 and v2 predict different classes, asked of both directly."""
+    rows = load_breast_cancer().data.tolist()
+    predictions = [requests.post(s.url + "/predict", json={"instances": rows}, timeout=30)
+                   .json()["predictions"] for s in (v1, v2)]
+    return [row for row, a, b in zip(rows, *predictions, strict=True) if a != b]
+
+
+def test_disagreements_panel_shows_the_matrix_and_the_latest_rows(
+    browser: Any, shadow_stack: ServerProcess, v1_service: ServerProcess,
+    v2_service: ServerProcess,
+) -> None:
+    rows = disagreeing_rows(v1_service, v2_service)[:3]
+    assert rows, "v1 and v2 should disagree on a few breast-cancer rows"
+    for n, row in enumerate(rows):
+        resp = requests.post(shadow_stack.url + "/predict", json={"instances": [row]},
+                             headers={"X-Request-ID": f"panel-{n}"}, timeout=10)
+        assert resp.status_code == 200
+    with dashboard_tab(browser, shadow_stack.url) as tab:
+        connect(tab, TOKEN)
+        tab.wait_for_function(
+            f"() => document.querySelectorAll('#disagreement-samples tr[data-request-id^=panel-]')"
+            f".length === {len(rows)}"
+        )
+        doc = admin(shadow_stack, "GET", "/admin/disagreements?limit=10")
+        ids = [tab.get_attribute(tr, "data-request-id") for tr in
+               ("#disagreement-samples tr:nth-child(1)", "#disagreement-samples tr:nth-child(2)")]
+        assert ids == [s["request_id"] for s in doc["samples"][:2]]
+        classes = doc["confusion_matrix"]["classes"]
+        for i, stable_class in enumerate(classes):
+            for j, candidate_class in enumerate(classes):
+                cell = tab.inner_text(f"#confusion tr[data-class={stable_class}] "
+                                      f"td[data-candidate={candidate_class}]")
+                assert int(cell) == doc["confusion_matrix"]["counts"][i][j]
+        assert f"{doc['rows']} rows compared" in tab.inner_text("#disagreement-summary")
+        assert tab.inner_text("#disagreement-pair") == "v1 (stable) vs v2 (candidate)"
+        assert tab.locator("#differences tr").count() >= 1
