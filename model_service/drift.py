@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 SLICES = 10
 FLUSH_INTERVAL_S = 1.0
 MAX_QUEUED = 20_000
+YIELD_EVERY = 16  # binned parts between two chances for requests to run
 
 
 @dataclass(frozen=True)
@@ -117,17 +118,6 @@ class _Tracked:
         self.psi = np.full(len(self.reference.columns) if self.reference else 0, np.nan)
 
 
-def _joined(batch: list[Any]) -> Any:
-    """The rows of several requests as one input of the same kind (a matrix or a DataFrame)."""
-    if len(batch) == 1:
-        return batch[0]
-    if all(isinstance(inputs, np.ndarray) for inputs in batch):
-        return np.concatenate(batch)
-    import pandas as pd
-
-    return pd.concat(batch, ignore_index=True)
-
-
 class DriftMonitor:
     """The live window of the served model's inputs, its metrics and its report."""
 
@@ -164,14 +154,21 @@ class DriftMonitor:
             batch = [inputs for _, inputs in queued[start:end]]
             reference = model.reference
             assert reference is not None  # observe() queues only models with one
-            joined = _joined(batch)
             tracked = self._track(model)
             step = tracked.window.slice_rows  # a slice at a time, so old rows still leave in slices
-            for first in range(0, len(joined), step):
-                part = joined[first:first + step]
+            if all(isinstance(inputs, np.ndarray) for inputs in batch):
+                joined = np.concatenate(batch) if len(batch) > 1 else batch[0]
+                parts: list[Any] = [joined[first:first + step]
+                                    for first in range(0, len(joined), step)]
+            else:  # DataFrames: joining many small ones costs more than binning each
+                parts = [inputs[first:first + step] for inputs in batch
+                         for first in range(0, len(inputs), step)]
+            for n, part in enumerate(parts, 1):
                 counts = reference.counts(part)
                 tracked.window.add(counts, len(part))
                 tracked.pending += counts
+                if n % YIELD_EVERY == 0:
+                    time.sleep(0)  # under gevent: let requests in between, the loop never stalls
             start = end
 
     def flush(self) -> None:
