@@ -3,8 +3,9 @@
 Input drift (see ``model_service.drift``) is exported with an aggregation chosen per metric for
 several gunicorn workers in prometheus_client's multiprocess mode:
 
-- ``model_input_drift_rows_total{version,column,bin}``: rows per reference bin, a counter, so the
-  workers' counts add up to the service's;
+- ``model_input_drift_rows_total{version,column,bin}``: rows binned per reference bin, a counter,
+  so the workers' counts add up to the service's (a worker bins at most 64 requests a second, a
+  uniform sample of them: the shares, not the totals, are what the counter is for);
 - ``model_input_drift_psi{version,column}``: the PSI of one worker's window, a gauge with
   ``multiprocess_mode="liveall"`` (one series per live worker, ``pid`` label; NaN while the window
   has too few rows); a query takes ``max by (version, column)``, as the alert does;
@@ -48,7 +49,8 @@ class ModelMetrics:
         )
         self.drift_rows = Counter(
             "model_input_drift_rows_total",
-            "Input rows per reference bin of each column (bins as stored in the artifact).",
+            "Input rows binned per reference bin of each column (bins as stored in the artifact; "
+            "above 64 requests a second per worker, a uniform sample of the requests).",
             ["version", "column", "bin"], registry=registry,
         )
         self.drift_psi = Gauge(

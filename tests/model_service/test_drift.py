@@ -174,3 +174,41 @@ def test_drift_settings_defaults_and_off() -> None:
     small = ModelServiceConfig.from_env({"MODEL_DRIFT_WINDOW_ROWS": "200"}).drift
     assert small.min_rows == 200  # the default minimum never exceeds the window
     assert ModelServiceConfig.from_env({"MODEL_DRIFT_WINDOW_ROWS": "0"}).drift.window_rows == 0
+
+
+def test_a_busy_worker_bins_a_uniform_sample_of_its_requests(
+        artifacts: Path, evaluation_rows: np.ndarray) -> None:
+    """Past SAMPLE_PER_FLUSH requests in a flush, a uniform sample is binned: its shares estimate
+    the traffic's. The first half of each second's requests carry a row whose shifted column is in
+    the bottom bin, the second half one in the top bin (so taking the first requests would show
+    no top bin at all); the binned count of the top bin stays within a 99.9 % binomial bound of
+    one half, over 50 seeded flushes."""
+    from prometheus_client import CollectorRegistry
+    from scipy.stats import binom
+
+    from metrics.model import ModelMetrics
+    from model_service.artifacts import load_artifact
+    from model_service.drift import SAMPLE_PER_FLUSH, DriftMonitor, DriftSettings
+
+    model = load_artifact(artifacts, "v1")
+    column = list(model.schema.names).index(SHIFTED)
+    low, high = evaluation_rows[:1].copy(), evaluation_rows[:1].copy()
+    low[0, column], high[0, column] = -1e9, 1e9
+    reference = model.reference
+    start = int(reference.starts[column])
+    size = reference.columns[column].size
+    monitor = DriftMonitor(DriftSettings(window_rows=100_000, min_rows=1),
+                           ModelMetrics(CollectorRegistry()))
+    monitor._rng.seed(7)
+    lo, hi = binom.ppf([0.0005, 0.9995], SAMPLE_PER_FLUSH, 0.5)
+    for _ in range(50):
+        before, _ = monitor._tracked.window.totals() if monitor._tracked else (None, 0)
+        for i in range(1000):
+            monitor.observe(model, high if i >= 500 else low)
+        monitor.flush()
+        counts, _ = monitor._tracked.window.totals()
+        added = counts if before is None else counts - before
+        column_counts = added[start:start + size]
+        assert column_counts.sum() == SAMPLE_PER_FLUSH  # one row a request, a sample of them
+        assert lo <= column_counts[-1] <= hi and column_counts[-1] + column_counts[0] == \
+            SAMPLE_PER_FLUSH
