@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 import time
@@ -43,3 +44,4 @@ def test_the_router_entry_point_registers_its_close(
     finally:
         wsgi.app.extensions["router"].close()
         sys.modules.pop("router.wsgi", None)
+        gc.unfreeze()  # the entry point froze this test process's objects
