@@ -44,4 +44,6 @@ def _closed() -> None:
 
 
 if os.environ.get("ECHO_CLOSED_FILE"):
+    with open(os.environ["ECHO_CLOSED_FILE"], "a") as fh:
+        fh.write(f"loaded {os.getpid()}\n")
     at_worker_exit(_closed)

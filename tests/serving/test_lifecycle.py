@@ -14,6 +14,12 @@ from serving import lifecycle
 from tests.servers import ServerProcess
 
 
+def _pids(path: Path, event: str) -> int:
+    if not path.exists():
+        return 0
+    return len({line for line in path.read_text().splitlines() if line.startswith(event)})
+
+
 def test_every_worker_runs_the_registered_close_when_the_server_stops(
     log_dir: Path, tmp_path: Path
 ) -> None:
@@ -23,9 +29,13 @@ def test_every_worker_runs_the_registered_close_when_the_server_stops(
                        log_dir / f"echo-close-{time.monotonic_ns()}.log",
                        ready_path="/health") as server:
         server.wait_ready()
-        assert not closed.exists()
-    lines = closed.read_text().splitlines()
-    assert len(lines) == 2 and len(set(lines)) == 2, lines
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _pids(closed, "loaded") != 2:
+            time.sleep(0.05)  # both workers have the app loaded
+        assert _pids(closed, "closed") == 0
+    loaded = {line.split()[1] for line in closed.read_text().splitlines() if line.startswith("loaded")}
+    shut = {line.split()[1] for line in closed.read_text().splitlines() if line.startswith("closed")}
+    assert len(loaded) == 2 and shut == loaded, closed.read_text()
 
 
 def test_the_router_entry_point_registers_its_close(
