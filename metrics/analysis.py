@@ -34,10 +34,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from metrics.sequential import lower_bound, quantile_bounds, upper_bound
+from metrics.sequential import lower_bound, mean_bounds, quantile_bounds, upper_bound
 from metrics.window import VersionCounts, quantile
 
 PASS, WAIT, FAIL = "pass", "wait", "fail"
+QUALITY_CHECKS = ("accuracy_drop", "mae_increase", "quality")  # their "needed" counts labels
+MIN_MEAN_SAMPLES = 30  # labelled rows per version before a mean's bounds (MAE) are trusted
+Quality = tuple[dict[str, float] | None, dict[str, float] | None]  # (stable's, the candidate's)
 _GROWTH = (1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 100, 150, 250, 400, 650, 1000)
 
 
@@ -56,6 +59,14 @@ class Thresholds:
     # two regressors' predictions agree when |candidate - stable| <= abs_tol + rel_tol * |stable|
     agreement_abs_tol: float = 0.01
     agreement_rel_tol: float = 0.05
+    # the quality check, from labelled predictions (POST /feedback); None leaves it out
+    max_accuracy_drop: float | None = None  # classifiers: stable's accuracy minus the candidate's
+    max_mae_increase: float | None = None  # regressors: the candidate's MAE minus stable's
+
+    @property
+    def quality(self) -> bool:
+        """The plan asks for the quality check."""
+        return self.max_accuracy_drop is not None or self.max_mae_increase is not None
 
     def latency_limit_ms(self, stable_ms: float) -> float:
         """The slowest a candidate's quantile may be, given stable's, before it is harm."""
@@ -85,6 +96,8 @@ class Verdict:
     samples: dict[str, float] = field(default_factory=dict)
     needed: float | None = None  # while waiting: further candidate requests to a decision
     minutes: float | None = None  # the same at the current rate
+    needed_labels: float | None = None  # while waiting for labels: further labelled rows
+    input_drift: dict[str, Any] | None = None  # what the slots said of their inputs meanwhile
 
     def evidence(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"decision": self.decision, "samples": self.samples,
@@ -93,6 +106,10 @@ class Verdict:
             doc["needed_requests"] = round(self.needed)
             if self.minutes is not None:
                 doc["needed_minutes"] = round(self.minutes, 1)
+        if self.needed_labels is not None:
+            doc["needed_labels"] = round(self.needed_labels)
+        if self.input_drift is not None:
+            doc["input_drift"] = self.input_drift
         return doc
 
     def deciding(self) -> Check | None:
@@ -242,12 +259,101 @@ def agreement_check(agree: float, disagree: float, t: Thresholds, alpha: float,
                  f"{low:.4f} and {high:.4f}; harm is below {limit:g}", (low, high), proven, needed)
 
 
+def _task(*fields: dict[str, float] | None) -> str | None:
+    for f in fields:
+        if f and ("correct" in f or "log_loss_sum" in f):
+            return "classification"
+        if f and "abs_error_sum" in f:
+            return "regression"
+    return None
+
+
+def quality_checks(quality: Quality, t: Thresholds, alpha: float, min_labels: int,
+                   explain: bool = False) -> tuple[list[Check], float]:
+    """The quality check on labelled rows, and how many more labelled rows it needs.
+
+    ``quality`` is (stable's, the candidate's) summed quality counts (``metrics.quality``):
+    classifiers are held to ``max_accuracy_drop`` (anytime-valid bounds on each accuracy, as
+    for error rates), regressors to ``max_mae_increase`` (asymptotic confidence sequences on
+    each mean absolute error). Harm is shown whenever the bounds show it; the check cannot pass
+    before each version has ``min_labels`` labelled rows.
+    """
+    stable, cand = quality[0] or {}, quality[1] or {}
+    n_s, n_c = float(stable.get("rows", 0.0)), float(cand.get("rows", 0.0))
+    short = max(0.0, min_labels - min(n_s, n_c))
+    task = _task(stable, cand)
+    a = alpha / 2  # one bound per version
+    if task is None:
+        return [Check("quality", PASS, None, None, "no labelled rows yet: POST /feedback "
+                      "sends the truth for earlier requests")], max(short, 1.0)
+    if task == "classification":
+        limit = t.max_accuracy_drop
+        if limit is None:
+            return [Check("quality", WAIT, None, None, "the versions are classifiers but the "
+                          "plan sets only max_mae_increase: set max_accuracy_drop")], math.inf
+        right_s, right_c = float(stable.get("correct", 0.0)), float(cand.get("correct", 0.0))
+        wrong_s, wrong_c = n_s - right_s, n_c - right_c
+        # the drop in accuracy is the increase in the share of wrong answers
+        low = lower_bound(wrong_c, n_c, a) - upper_bound(wrong_s, n_s, a)
+        high = upper_bound(wrong_c, n_c, a) - lower_bound(wrong_s, n_s, a)
+        harm, proven = low > limit, high <= limit and not short
+        acc_s, acc_c = (right_s / n_s if n_s else None), (right_c / n_c if n_c else None)
+        needed = None
+        if explain and not harm and not proven:
+            needed = _needed(lambda k: upper_bound(wrong_c * k, n_c * k, a)
+                             - lower_bound(wrong_s * k, n_s * k, a) <= limit, max(n_c, 1.0))
+        value = None if acc_s is None or acc_c is None else round(acc_s - acc_c, 6)
+        detail = (f"accuracy stable {_share(right_s, n_s)}, candidate {_share(right_c, n_c)}; "
+                  f"drop between {low:+.4f} and {high:+.4f}; harm is a drop of more than "
+                  f"{limit:g}")
+        return [Check("accuracy_drop", FAIL if harm else PASS, value, limit, detail,
+                      (low, high), proven, needed)], short
+    limit = t.max_mae_increase
+    if limit is None:
+        return [Check("quality", WAIT, None, None, "the versions are regressors but the plan "
+                      "sets only max_accuracy_drop: set max_mae_increase")], math.inf
+    t_star = max(float(min_labels), 100.0)  # where the bounds are tightest
+
+    def bounds(k: float) -> tuple[float, float]:
+        if min(n_s, n_c) < MIN_MEAN_SAMPLES:
+            return -math.inf, math.inf
+        s_low, s_high = mean_bounds(stable.get("abs_error_sum", 0.0) * k,
+                                    stable.get("sq_error_sum", 0.0) * k, n_s * k, a, t_star)
+        c_low, c_high = mean_bounds(cand.get("abs_error_sum", 0.0) * k,
+                                    cand.get("sq_error_sum", 0.0) * k, n_c * k, a, t_star)
+        return c_low - s_high, c_high - s_low
+
+    low, high = bounds(1.0)
+    harm, proven = low > limit, high <= limit and not short
+    mae_s = stable.get("abs_error_sum", 0.0) / n_s if n_s else None
+    mae_c = cand.get("abs_error_sum", 0.0) / n_c if n_c else None
+    needed = None
+    if explain and not harm and not proven:
+        needed = _needed(lambda k: bounds(k)[1] <= limit, max(n_c, 1.0))
+    value = None if mae_s is None or mae_c is None else round(mae_c - mae_s, 6)
+    detail = (f"MAE stable {_num(mae_s)} over {n_s:.0f} labelled rows, candidate {_num(mae_c)} "
+              f"over {n_c:.0f}; increase between {_num(low)} and {_num(high)}; harm is an "
+              f"increase of more than {limit:g}")
+    return [Check("mae_increase", FAIL if harm else PASS, value, limit, detail, (low, high),
+                  proven, needed)], short
+
+
+def _share(right: float, n: float) -> str:
+    return f"{right:.0f}/{n:.0f} ({right / n:.2%})" if n else "no labelled rows"
+
+
+def _num(x: float | None) -> str:
+    return "unknown" if x is None or math.isinf(x) else f"{x:.4g}"
+
+
 # -- the verdict -------------------------------------------------------------------------------
 
 
 def _decide(checks: list[Check], samples: dict[str, float], short: float, min_requests: int,
-            require_evidence: bool, rate: float | None) -> Verdict:
-    """Fail on any harm; wait for the step's samples; with ``require_evidence`` wait for proof."""
+            require_evidence: bool, rate: float | None, labels_short: float = 0.0,
+            min_labels: int = 0) -> Verdict:
+    """Fail on any harm; wait for the step's samples and the labels; with ``require_evidence``
+    wait for proof."""
     if any(c.decision == FAIL for c in checks):
         return Verdict(FAIL, tuple(checks), samples)
     if short > 0:
@@ -255,11 +361,25 @@ def _decide(checks: list[Check], samples: dict[str, float], short: float, min_re
                                f"{short:.0f} more requests per version in this step before it "
                                "can pass"))
         return Verdict(WAIT, tuple(checks), samples, short, _minutes(short, rate))
+    mismatch = [c for c in checks if c.name == "quality" and c.decision == WAIT]
+    if mismatch:
+        return Verdict(WAIT, tuple(checks), samples)
+    if labels_short > 0:
+        checks.insert(0, Check("labels", WAIT, max(min_labels - labels_short, 0.0), min_labels,
+                               f"{labels_short:.0f} more labelled rows (POST /feedback) for the "
+                               f"version with fewer before the quality check can pass; it "
+                               f"needs {min_labels} per version"))
+        return Verdict(WAIT, tuple(checks), samples, needed_labels=labels_short)
     if require_evidence and not all(c.proven for c in checks):
         waiting = [replace(c, decision=WAIT) if not c.proven else c for c in checks]
-        needs = [c.needed for c in waiting if c.decision == WAIT]
+        needs = [c.needed for c in waiting if c.decision == WAIT and c.name not in QUALITY_CHECKS]
+        labels = [c.needed for c in waiting if c.decision == WAIT and c.name in QUALITY_CHECKS]
         needed = None if any(n is None for n in needs) else max(needs, default=0.0)
-        return Verdict(WAIT, tuple(waiting), samples, needed, _minutes(needed, rate))
+        needed_labels = None if not labels or any(n is None for n in labels) else max(labels)
+        if needs == [] and labels:
+            needed = None
+        return Verdict(WAIT, tuple(waiting), samples, needed, _minutes(needed, rate),
+                       needed_labels=needed_labels)
     return Verdict(PASS, tuple(checks), samples)
 
 
@@ -270,21 +390,27 @@ def _minutes(needed: float | None, rate: float | None) -> float | None:
 def judge(stable: VersionCounts, candidate: VersionCounts, t: Thresholds, *, min_requests: int,
           shadow: bool = False, step: tuple[float, float] | None = None,
           require_evidence: bool = False, alpha: float | None = None,
-          rate: float | None = None) -> Verdict:
+          rate: float | None = None, quality: Quality | None = None,
+          min_labels: int = 0) -> Verdict:
     """Compare ``candidate`` with ``stable`` over everything since the phase began.
 
     ``step`` is (stable's, the candidate's) requests in the current step, which must reach
     ``min_requests`` before the step passes (default: the totals). ``alpha`` is this analysis's
     share of ``1 - confidence`` (a plan with two judged phases gives each half). ``rate`` is the
-    candidate's requests per second, to turn "requests still needed" into minutes.
+    candidate's requests per second, to turn "requests still needed" into minutes. ``quality``
+    is (stable's, the candidate's) quality counts from labelled predictions: with a plan that
+    asks for the quality check (``max_accuracy_drop`` or ``max_mae_increase``), it is one more
+    check, which needs ``min_labels`` labelled rows per version before it can pass.
     """
     alpha = (1.0 - t.confidence) if alpha is None else alpha
+    judge_quality = t.quality and quality is not None
     checks: list[Check] = []
+    labels_short = 0.0
     if shadow:
         n_c = candidate.shadow_requests
         samples = {"stable_requests": stable.requests, "candidate_shadow_requests": n_c,
                    "compared": candidate.agree + candidate.disagree}
-        a = alpha / 3
+        a = alpha / (4 if judge_quality else 3)
         if stable.requests and n_c:
             checks.append(error_check(stable.requests, stable.errors, n_c, candidate.shadow_errors,
                                       t, a, require_evidence))
@@ -296,40 +422,64 @@ def judge(stable: VersionCounts, candidate: VersionCounts, t: Thresholds, *, min
         have = min(step) if step else min(stable.requests, n_c, samples["compared"])
     else:
         samples = {"stable_requests": stable.requests, "candidate_requests": candidate.requests}
-        a = alpha / 2
+        a = alpha / (3 if judge_quality else 2)
         if stable.requests and candidate.requests:
             checks.append(error_check(stable.requests, stable.errors, candidate.requests,
                                       candidate.errors, t, a, require_evidence))
             checks += latency_checks(stable.latency_buckets, candidate.latency_buckets, t, a,
                                      require_evidence)
         have = min(step) if step else min(stable.requests, candidate.requests)
+    if judge_quality:
+        assert quality is not None
+        more, labels_short = quality_checks(quality, t, a, min_labels, require_evidence)
+        checks += more
+        samples = {**samples, **_label_samples(quality)}
     return _decide(checks, samples, max(0.0, min_requests - have), min_requests,
-                   require_evidence, rate)
+                   require_evidence, rate, labels_short, min_labels)
+
+
+def _label_samples(quality: Quality) -> dict[str, float]:
+    return {"stable_labelled": float((quality[0] or {}).get("rows", 0.0)),
+            "candidate_labelled": float((quality[1] or {}).get("rows", 0.0))}
 
 
 def judge_alone(version: VersionCounts, reference: VersionCounts | None, t: Thresholds, *,
                 min_requests: int, step: float | None = None, require_evidence: bool = False,
-                alpha: float | None = None, rate: float | None = None) -> Verdict:
-    """Judge one version after a switch, against the window before it (or absolute limits)."""
+                alpha: float | None = None, rate: float | None = None,
+                quality: Quality | None = None, min_labels: int = 0) -> Verdict:
+    """Judge one version after a switch, against the window before it (or absolute limits).
+
+    ``quality`` is (the version before the switch's, this version's) quality counts."""
     alpha = (1.0 - t.confidence) if alpha is None else alpha
     if reference is not None and reference.requests >= min_requests:
         verdict = judge(reference, version, t, min_requests=min_requests,
                         step=None if step is None else (reference.requests, step),
-                        require_evidence=require_evidence, alpha=alpha, rate=rate)
-        return replace(verdict, samples={"reference_requests": reference.requests,
-                                         "requests": version.requests})
+                        require_evidence=require_evidence, alpha=alpha, rate=rate,
+                        quality=quality, min_labels=min_labels)
+        samples = {"reference_requests": reference.requests, "requests": version.requests}
+        if t.quality and quality is not None:
+            samples.update({"reference_labelled": verdict.samples.get("stable_labelled", 0.0),
+                            "labelled": verdict.samples.get("candidate_labelled", 0.0)})
+        return replace(verdict, samples=samples)
     samples = {"requests": version.requests}
     checks = []
+    judge_quality = t.quality and quality is not None
+    a = alpha / 2 if judge_quality else alpha
     if version.requests:
         n, e, limit = version.requests, version.errors, t.max_error_rate
-        low, high = lower_bound(e, n, alpha / 2), upper_bound(e, n, alpha / 2)
+        low, high = lower_bound(e, n, a / 2), upper_bound(e, n, a / 2)
         needed = None
         if require_evidence and not low > limit and not high <= limit:
-            needed = _needed(lambda k: upper_bound(e * k, n * k, alpha / 2) <= limit, n)
+            needed = _needed(lambda k: upper_bound(e * k, n * k, a / 2) <= limit, n)
         checks.append(Check("error_rate", FAIL if low > limit else PASS, round(e / n, 6), limit,
                             f"{e:.0f}/{n:.0f} failed, between {low:.4f} and {high:.4f}; no "
                             f"reference window before the switch: harm is more than {limit:g}",
                             (low, high), high <= limit, needed))
+    labels_short = 0.0
+    if judge_quality:
+        assert quality is not None
+        more, labels_short = quality_checks(quality, t, a, min_labels, require_evidence)
+        checks += more
     have = version.requests if step is None else step
     return _decide(checks, samples, max(0.0, min_requests - have), min_requests,
-                   require_evidence, rate)
+                   require_evidence, rate, labels_short, min_labels)

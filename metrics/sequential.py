@@ -122,3 +122,56 @@ def quantile_bounds(bounds: Sequence[float], cumulative: Sequence[float], q: flo
     high = float(bounds[int(np.argmax(above))]) if above.any() else math.inf
     low = float(bounds[len(below) - 1 - int(np.argmax(below[::-1]))]) if below.any() else 0.0
     return low, high
+
+
+# -- means of unbounded values (absolute errors) ----------------------------------------------
+
+
+def mixture_rho(alpha: float, t_star: float) -> float:
+    """The normal mixture's spread that makes its boundary tightest near ``t_star`` samples
+    (Howard et al. 2021, eq. 3.22 as used by Waudby-Smith et al.)."""
+    log_term = -2.0 * math.log(alpha)
+    return math.sqrt((log_term + math.log(log_term + 1.0)) / max(t_star, 1.0))
+
+
+def mean_radius(n: float, variance: float, alpha: float, t_star: float) -> float:
+    """Half-width of an asymptotic confidence sequence for a mean after ``n`` samples.
+
+    Robbins' normal mixture boundary with the variance estimated from the data (Waudby-Smith,
+    Arbour, Sinha, Kennedy and Ramdas, "Time-uniform central limit theory and asymptotic
+    confidence sequences", Ann. Statist. 2024, Theorem 2.2): the running mean stays within
+    ``sigma * sqrt(2 (n rho^2 + 1) / (n^2 rho^2) * log(sqrt(n rho^2 + 1) / alpha))`` of the true
+    mean at every ``n`` at once, with probability approaching ``1 - alpha``. The bound is
+    two-sided at ``alpha``, so either side alone errs with probability at most ``alpha``.
+    It needs only the count, the sum and the sum of squares (what the quality counts keep), and
+    no bound on the values: it is what an absolute error calls for.
+    """
+    if n <= 1:
+        return math.inf
+    rho2 = mixture_rho(alpha, t_star) ** 2
+    nr = n * rho2
+    return math.sqrt(max(variance, 0.0)) * math.sqrt(
+        2.0 * (nr + 1.0) / (n * n * rho2) * math.log(math.sqrt(nr + 1.0) / alpha))
+
+
+def mean_bounds(total: float, sq_total: float, n: float, alpha: float,
+                t_star: float) -> tuple[float, float]:
+    """(low, high) for the mean of values whose count, sum and sum of squares are given; each
+    side holds at every ``n`` at once with probability approaching ``1 - alpha``.
+
+    The spread used is the mean square (about zero), not the variance about the running mean: it
+    is never smaller, and for skewed nonnegative values such as absolute errors the centred
+    estimate falls short early on, just when a look can end a rollout (seeded simulations in
+    ``tests/metrics/test_sequential.py``: with exponential or log-normal values, the centred
+    version's upper bound fell below the true mean in 6.5 % and 15.5 % of runs at
+    ``alpha`` 0.05; this one's in under 4 %).
+
+        >>> low, high = mean_bounds(100.0, 200.0, 100, 0.05, 100)
+        >>> round(low, 3), round(high, 3)
+        (0.571, 1.429)
+    """
+    if n <= 1:
+        return -math.inf, math.inf
+    mean = total / n
+    radius = mean_radius(n, sq_total / n, alpha, t_star)
+    return mean - radius, mean + radius

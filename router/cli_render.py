@@ -130,12 +130,17 @@ def check_text(check: dict[str, Any]) -> str:
 
 
 def waiting_text(verdict: dict[str, Any]) -> str:
-    """While an analysis waits: the further requests (and minutes) expected to a decision."""
-    if verdict.get("decision") != "wait" or verdict.get("needed_requests") is None:
+    """While an analysis waits: the further requests (and minutes) or labelled rows expected to a
+    decision."""
+    if verdict.get("decision") != "wait":
         return ""
-    text = f"; about {verdict['needed_requests']} more requests"
-    if verdict.get("needed_minutes") is not None:
-        text += f" (~{verdict['needed_minutes']:g} min at the current rate)"
+    text = ""
+    if verdict.get("needed_requests") is not None:
+        text = f"; about {verdict['needed_requests']} more requests"
+        if verdict.get("needed_minutes") is not None:
+            text += f" (~{verdict['needed_minutes']:g} min at the current rate)"
+    if verdict.get("needed_labels") is not None:
+        text += f"; about {verdict['needed_labels']} more labelled rows (POST /feedback)"
     return text
 
 
@@ -147,7 +152,9 @@ def verdict_line(decision: dict[str, Any] | None) -> str:
     head = f"{verdict} -> {action}" if action != verdict else str(verdict)
     head += f" at {_clock(decision.get('time'))}"
     head += waiting_text(decision)
-    return f"{head}: {checks}" if checks else head
+    line = f"{head}: {checks}" if checks else head
+    drift = decision.get("input_drift") or {}
+    return f"{line}; {drift['note']}" if drift.get("shifting") else line
 
 
 def render_state(state: dict[str, Any], url: str,

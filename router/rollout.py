@@ -45,12 +45,16 @@ from router.rollout_step import (
     begin_evidence,
     failed,
     first_phase,
+    input_drift,
     next_step,
+    quality_since,
     retimed,
     wants_reading,
 )
+from router.drift_client import ask_drift
 from router.slots import SlotVersions
 from router.state import StateStoreError
+from router.state.base import quality_bucket
 from router.upstream import UpstreamError, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,7 @@ LEASE_TTL_S = 6.0
 ACTOR = "rollout-controller"
 ACTIVE = ("running", "awaiting_promotion", "paused")
 MAX_DECISIONS = 100
+DRIFT_TOP = 3  # input columns per slot in an analysis's evidence
 MOVED_GRACE_S = 3.0  # a slot reporting another version this long has moved (not a reload in flight)
 
 
@@ -178,7 +183,10 @@ class RolloutController:
             return None
         verdict = None
         if seen.reading is not None and analysis_due(rollout, plan, now):
-            verdict = self.analyse(rollout, plan, snap.routing, seen.reading, now)
+            more = {"quality": seen.quality} if seen.quality is not None else {}
+            verdict = self.analyse(rollout, plan, snap.routing, seen.reading, now, **more)
+            if seen.drift is not None:
+                verdict = replace(verdict, input_drift=seen.drift)
         step = next_step(rollout, plan, snap.routing, seen, now, verdict)
         if step is None:
             return None
@@ -214,10 +222,29 @@ class RolloutController:
         if not wants_reading(rollout, plan, now):
             return Observation()
         try:
-            return Observation(reading=self.source.read())
+            reading = self.source.read()
         except SourceUnavailable as exc:
             log.warning("rollout analysis postponed: %s", exc)
             return None
+        if rollout.get("evidence") is None or not analysis_due(rollout, plan, now):
+            return Observation(reading=reading)
+        quality = None
+        if plan.thresholds.quality:
+            try:  # counted per minute of serving: the minute the phase began counts whole
+                quality = self.live.store.quality_counts(quality_bucket(quality_since(rollout)))
+            except StateStoreError as exc:
+                log.warning("rollout analysis postponed: quality counts unavailable: %s", exc)
+                return None
+        return Observation(reading=reading, quality=quality, drift=self._drift(rollout))
+
+    def _drift(self, rollout: dict[str, Any]) -> dict[str, Any] | None:
+        """What the rollout's slots say of their inputs (``GET /drift``), for the evidence."""
+        slots = {}
+        for slot, version in (rollout.get("versions") or {}).items():
+            pool = self.pools.get(slot)
+            if pool is not None:
+                slots[slot] = (version or slot, ask_drift(pool, self.model_headers, DRIFT_TOP))
+        return input_drift(slots) if slots else None
 
     def _carry_out(self, effect: Effect) -> tuple[bool, str]:
         if effect.kind == "check_ready":

@@ -19,7 +19,7 @@ PLAN_STRATEGIES = ("canary", "blue-green", "shadow-then-canary", "release-in-pla
 _FIELDS = {
     "strategy", "steps", "interval_s", "min_requests", "max_failed_analyses", "thresholds",
     "manual_promotion", "candidate", "shadow_percent", "shadow_analyses", "bake_analyses",
-    "preview_analysis", "release_version", "version", "reason", "require_evidence",
+    "preview_analysis", "release_version", "version", "reason", "require_evidence", "min_labels",
 }
 # A version label, as the model services name their artifact folders.
 VERSION_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -35,6 +35,8 @@ _THRESHOLD_LIMITS = {
     "max_error_rate": (0.0, 1.0),
     "agreement_abs_tol": (0.0, 1e12),
     "agreement_rel_tol": (0.0, 100.0),
+    "max_accuracy_drop": (0.0, 1.0),
+    "max_mae_increase": (0.0, 1e12),
 }
 
 
@@ -60,6 +62,9 @@ class RolloutPlan:
     version: str | None = None
     # the final promotion needs evidence that the candidate is within every tolerance
     require_evidence: bool = False
+    # the quality check (thresholds max_accuracy_drop / max_mae_increase) passes only once each
+    # version has this many labelled rows (POST /feedback) since the phase began
+    min_labels: int = 100
 
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -136,6 +141,7 @@ def parse_plan(doc: dict[str, Any], *, candidate: str | None, versions: list[str
                                 f"100 (e.g. [5, 25, 50, 100]), got {steps!r}", code="invalid_plan")
         kwargs["steps"] = tuple(steps)
     for name, lo, hi, integer in (("interval_s", 0.1, 86_400, False), ("min_requests", 1, 10**7, True),
+                                  ("min_labels", 1, 10**7, True),
                                   ("max_failed_analyses", 1, 1000, True), ("shadow_percent", 1, 100, True),
                                   ("shadow_analyses", 1, 1000, True), ("bake_analyses", 1, 1000, True)):
         if name in doc:

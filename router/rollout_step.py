@@ -65,6 +65,8 @@ class Observation:
     loaded: bool = False  # phase load: the slot reports the version and is ready
     reported: str | None = None  # phase load: the version the slot reports
     moved: str | None = None  # why the rollout cannot go on: a slot serves another version
+    quality: dict[str, Any] | None = None  # summed quality counts since ``quality_since``
+    drift: dict[str, Any] | None = None  # the slots' input drift (``input_drift``)
 
 
 # -- what the controller needs to gather ---------------------------------------------------------
@@ -81,6 +83,32 @@ def wants_reading(rollout: dict[str, Any], plan: RolloutPlan, now: float) -> boo
     if rollout.get("status") != "running" or rollout.get("phase") in ("load", "done"):
         return False
     return rollout.get("evidence") is None or analysis_due(rollout, plan, now)
+
+
+def quality_since(rollout: dict[str, Any]) -> float:
+    """From when labelled predictions count for the quality check: the phase's evidence, or in a
+    bake the reference window before the switch (the version before it is judged on those)."""
+    evidence = rollout.get("evidence") or {}
+    since = rollout.get("reference_since") if rollout.get("phase") == "bake" else None
+    return float(since if since is not None else evidence.get("since") or 0.0)
+
+
+def input_drift(slots: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The evidence's note on the inputs: per slot (version, ``GET /drift`` cut to its top
+    columns), and whether any column shifted while the rollout was analysed."""
+    shifted = []
+    for slot, (version, doc) in sorted(slots.items()):
+        for column in doc.get("columns") or []:
+            if column.get("reading") in ("moderate", "major"):
+                shifted.append(f"{column.get('name')} on {slot} ({version}): PSI "
+                               f"{column.get('psi')}, {column.get('reading')}")
+    note = ("the input mix is shifting: " + "; ".join(shifted) + ". The versions are compared on "
+            "the same traffic, but what holds now may not hold on yesterday's inputs"
+            if shifted else "no input column shows a shift")
+    if not shifted and not any(doc.get("available") for _, doc in slots.values()):
+        note = "no slot reports its input drift"
+    return {"shifting": bool(shifted), "note": note,
+            "slots": {slot: {"version": version, **doc} for slot, (version, doc) in slots.items()}}
 
 
 def judged_phases(plan: RolloutPlan) -> int:
@@ -131,8 +159,11 @@ def _new_step(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState,
 
 
 def analyse(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState, reading: Reading,
-            now: float) -> Verdict:
-    """The judge's verdict on everything since the phase began (pure)."""
+            now: float, quality: dict[str, Any] | None = None) -> Verdict:
+    """The judge's verdict on everything since the phase began (pure).
+
+    ``quality`` is the summed quality counts of predictions served since ``quality_since``
+    (``metrics.quality``'s shape); the plan's quality check uses it when it asks for one."""
     phase = rollout["phase"]
     evidence = rollout.get("evidence") or {}
     since = window(reading, counts_of(evidence.get("counts")))
@@ -145,6 +176,8 @@ def analyse(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState, r
     alpha = (1.0 - t.confidence) / judged_phases(plan)
     final = _final(rollout, plan)
     require = plan.require_evidence and final
+    scored = (quality or {}).get("versions") or {}
+    wants_quality = t.quality and quality is not None
 
     if phase in ("shadow", "canary"):
         cand_v = _slot_version(rollout, plan.candidate)
@@ -156,7 +189,8 @@ def analyse(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState, r
             else step_c.requests
         return judge(stable, cand, t, min_requests=plan.min_requests, shadow=shadow,
                      step=(step_s.requests, have_c), require_evidence=require, alpha=alpha,
-                     rate=n_c / elapsed)
+                     rate=n_c / elapsed, min_labels=plan.min_labels,
+                     quality=(scored.get(stable_v), scored.get(cand_v)) if wants_quality else None)
     counts = since.get(stable_v, empty)
     if phase == "reference":  # stable's counts before the switch: a sample, not a judgement
         short = plan.min_requests - step.get(stable_v, empty).requests
@@ -168,9 +202,13 @@ def analyse(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState, r
             return Verdict(WAIT, (check,), samples, short, short / rate / 60 if rate else None)
         return Verdict(PASS, (), samples)
     reference = rollout.get("reference")
+    before = rollout.get("reference_version")
     return judge_alone(counts, VersionCounts.from_doc(reference) if reference else None, t,
                        min_requests=plan.min_requests, step=step.get(stable_v, empty).requests,
-                       require_evidence=require, alpha=alpha, rate=counts.requests / elapsed)
+                       require_evidence=require, alpha=alpha, rate=counts.requests / elapsed,
+                       min_labels=plan.min_labels,
+                       quality=(scored.get(before) if before else None, scored.get(stable_v))
+                       if wants_quality else None)
 
 
 def _final(rollout: dict[str, Any], plan: RolloutPlan) -> bool:
@@ -290,7 +328,9 @@ def _passed(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState, r
     if phase == "reference":
         stable_v = _slot_version(rollout, routing.stable)
         counts = window(reading, counts_of((rollout.get("evidence") or {}).get("counts")))
-        reference = counts.get(stable_v, VersionCounts()).to_doc()
+        reference = {"reference": counts.get(stable_v, VersionCounts()).to_doc(),
+                     "reference_version": stable_v,
+                     "reference_since": (rollout.get("evidence") or {}).get("since")}
         return _switch(rollout, plan, routing, reading, now, verdict, reference)
     if passed < plan.bake_analyses:
         return Step("pass", {"passed_in_phase": passed,
@@ -313,7 +353,7 @@ def _switch(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState, r
         begin = begin_evidence(rollout, plan, after, reading, now)
         not_ready = Step("abort-not-ready", {"status": "rolled_back", "phase": "done"}, verdict,
                          routing={"shadow_percent": 0}, decision="rollback")
-        return Step("switch", {"phase": "bake", "passed_in_phase": 0, "reference": reference,
+        return Step("switch", {"phase": "bake", "passed_in_phase": 0, **reference,
                                **begin}, verdict, routing_op="switch",
                     effect=Effect("check_ready", plan.candidate), on_failure=not_ready)
     slot = routing.stable
@@ -322,7 +362,7 @@ def _switch(rollout: dict[str, Any], plan: RolloutPlan, routing: RoutingState, r
     begin = begin_evidence({**rollout, "versions": versions}, plan, routing, reading, now)
     failed = Step("abort-reload-failed", {"status": "rolled_back", "phase": "done",
                                           "error": "{error}"}, verdict, decision="rollback")
-    return Step("reload", {"phase": "bake", "passed_in_phase": 0, "reference": reference,
+    return Step("reload", {"phase": "bake", "passed_in_phase": 0, **reference,
                            "restore_version": _slot_version(rollout, slot), "versions": versions,
                            **begin}, verdict, effect=Effect("reload", slot, target),
                 on_failure=failed)

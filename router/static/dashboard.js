@@ -323,7 +323,8 @@
   }
 
   function comparator(name) {
-    return name === "sample_size" || name.startsWith("min") || name === "agreement" ? "≥" : "≤";
+    return name === "sample_size" || name === "labels" || name.startsWith("min") ||
+      name === "agreement" ? "≥" : "≤";
   }
 
   function checkItem(check) {
@@ -336,7 +337,9 @@
 
   const samples = (entry) => Object.entries(entry.samples || {}).map(([k, v]) => `${k} ${v}`).join(" · ") +
     (entry.needed_requests != null ? ` · about ${entry.needed_requests} more requests` +
-      (entry.needed_minutes != null ? ` (~${entry.needed_minutes} min)` : "") + " to a decision" : "");
+      (entry.needed_minutes != null ? ` (~${entry.needed_minutes} min)` : "") + " to a decision" : "") +
+    (entry.needed_labels != null ? ` · about ${entry.needed_labels} more labelled rows (POST /feedback)` : "") +
+    (entry.input_drift && entry.input_drift.shifting ? ` · inputs shifting: ${entry.input_drift.note}` : "");
 
   function renderRollout(rollout, verdict) {
     const badge = $("#rollout-status");

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from metrics.quality import summarise
-from router.cli_render import render_analysis
+from router.cli_render import render_analysis, verdict_line
 
 
 def test_watch_lines_show_accuracy_mae_and_mcnemar() -> None:
@@ -26,3 +26,20 @@ def test_watch_lines_show_accuracy_mae_and_mcnemar() -> None:
 
 def test_without_feedback_nothing_is_added() -> None:
     assert render_analysis({"versions": {}, "quality": None}) == "no traffic yet"
+
+
+def test_a_verdict_waiting_for_labels_says_how_many_and_a_shifting_input_is_named() -> None:
+    decision = {
+        "decision": "wait", "action": "wait", "time": 0.0, "needed_labels": 60,
+        "checks": [{"name": "labels", "value": 40, "threshold": 100, "decision": "wait"}],
+        "input_drift": {"shifting": True, "note": "the input mix is shifting: age on v1 (v1): "
+                        "PSI 0.31, major"},
+    }
+
+    line = verdict_line(decision)
+
+    assert "about 60 more labelled rows (POST /feedback)" in line
+    assert "labels 40 (limit 100) wait" in line
+    assert line.endswith("the input mix is shifting: age on v1 (v1): PSI 0.31, major")
+    calm = verdict_line({**decision, "input_drift": {"shifting": False, "note": "quiet"}})
+    assert "quiet" not in calm

@@ -14,6 +14,9 @@ from scipy.stats import beta, lognorm
 
 from metrics.buckets import LATENCY_BUCKETS
 from metrics.sequential import (
+    mean_bounds,
+    mean_radius,
+    mixture_rho,
     log_e_above,
     log_e_below,
     lower_bound,
@@ -268,3 +271,59 @@ def test_quantile_bounds_hold_at_every_look_at_once(q: float) -> None:
     limit = three_se(ALPHA, runs)  # 0.05 + 3 binomial standard errors over 400 runs = 0.083
     assert wrong_low / runs <= limit and wrong_high / runs <= limit, (wrong_low, wrong_high)
     assert finite_at_end / runs >= 0.95  # not vacuous: 3000 requests bound the quantile
+
+
+# -- means of unbounded values (absolute errors) ---------------------------------------------------
+
+
+def test_the_mean_radius_is_where_robbins_normal_mixture_reaches_one_over_alpha() -> None:
+    # the mixture of exp(l S - l^2 n s^2 / 2) over l ~ N(0, rho^2), integrated numerically, equals
+    # 1/alpha exactly at S = n * radius (Robbins 1970; Howard et al. 2021, Proposition 6)
+    n, variance, t_star = 400, 2.5, 100
+    rho = mixture_rho(ALPHA, t_star)
+    sd = math.sqrt(variance)
+    edge = n * mean_radius(n, variance, ALPHA, t_star) / sd  # the boundary for unit variance
+
+    def mixture_at(s: float) -> float:
+        return quad(lambda lam: math.exp(lam * s - lam * lam * n / 2)
+                    * math.exp(-lam * lam / (2 * rho * rho)) / (rho * math.sqrt(2 * math.pi)),
+                    -5, 5, points=[s / n])[0]
+
+    assert mixture_at(edge) == pytest.approx(1 / ALPHA, rel=1e-6)
+    assert mixture_at(0.99 * edge) < 1 / ALPHA < mixture_at(1.01 * edge)
+
+
+def test_the_mean_bounds_narrow_around_the_mean_and_open_without_samples() -> None:
+    assert mean_bounds(5.0, 30.0, 1, ALPHA, 100) == (-INF, INF)
+    widths = [mean_bounds(1.0 * n, 2.0 * n, n, ALPHA, 100) for n in (50, 500, 5000)]
+    assert all(low < 1.0 < high for low, high in widths)
+    assert [h - lo for lo, h in widths] == sorted((h - lo for lo, h in widths), reverse=True)
+    assert widths[-1][1] - widths[-1][0] < 0.2
+
+
+@pytest.mark.parametrize(("name", "draw", "mean"), [
+    ("half-normal", lambda rng, n: np.abs(rng.normal(0.0, 1.0, n)), math.sqrt(2 / math.pi)),
+    ("exponential", lambda rng, n: rng.exponential(1.0, n), 1.0),
+    ("log-normal", lambda rng, n: rng.lognormal(0.0, 1.0, n), math.exp(0.5)),
+])
+def test_mean_bounds_of_absolute_errors_hold_at_every_look_at_once(
+    name: str, draw: Callable[[np.random.Generator, int], np.ndarray], mean: float
+) -> None:
+    runs = 1000
+    looks = np.unique(np.geomspace(30, 3000, 40).astype(int))
+    rng = np.random.default_rng(3)
+    wrong_low = wrong_high = fixed_wrong = 0
+    for _ in range(runs):
+        x = draw(rng, int(looks[-1]))
+        total, squares = np.cumsum(x)[looks - 1], np.cumsum(x * x)[looks - 1]
+        found = [mean_bounds(t, q, n, ALPHA, 100) for t, q, n in zip(total, squares, looks,
+                                                                       strict=True)]
+        wrong_low += any(low > mean for low, _ in found)
+        wrong_high += any(high < mean for _, high in found)
+        # a one-sided fixed-sample interval looked at 40 times: not anytime-valid
+        m = total / looks
+        sd = np.sqrt(np.maximum(squares / looks - m * m, 0.0))
+        fixed_wrong += bool((m + 1.645 * sd / np.sqrt(looks) < mean).any())
+    limit = three_se(ALPHA, runs)  # 0.071
+    assert wrong_low / runs <= limit and wrong_high / runs <= limit, (name, wrong_low, wrong_high)
+    assert fixed_wrong / runs > limit, (name, fixed_wrong)

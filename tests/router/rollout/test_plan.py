@@ -49,6 +49,11 @@ BAD_PLANS = {
     "candidate not configured": {**CANARY, "candidate": "v9"},
     "candidate is stable": {**CANARY, "candidate": "v1"},
     "release version not a label": {"strategy": "release-in-place", "release_version": "../v2"},
+    "accuracy drop above 1": {**CANARY, "thresholds": {"max_accuracy_drop": 5}},
+    "negative MAE increase": {**CANARY, "thresholds": {"max_mae_increase": -0.5}},
+    "quality threshold null": {**CANARY, "thresholds": {"max_accuracy_drop": None}},
+    "zero min_labels": {**CANARY, "min_labels": 0},
+    "float min_labels": {**CANARY, "min_labels": 10.5},
 }
 
 
@@ -108,6 +113,14 @@ GOOD_PLANS = [
         },
     ),
     ({"strategy": "canary", "steps": [100]}, {"steps": (100,)}),
+    (
+        {**CANARY, "min_labels": 300, "thresholds": {"max_accuracy_drop": 0.03}},
+        {"min_labels": 300, "thresholds": Thresholds(max_accuracy_drop=0.03)},
+    ),
+    (
+        {**CANARY, "thresholds": {"max_mae_increase": 2.5}},
+        {"min_labels": 100, "thresholds": Thresholds(max_mae_increase=2.5)},
+    ),
     (
         {
             "strategy": "canary",

@@ -24,7 +24,9 @@ from router.rollout_step import (
     counts_doc,
     failed,
     first_phase,
+    input_drift,
     next_step,
+    quality_since,
     wants_reading,
 )
 from strategies.base import RoutingState
@@ -466,6 +468,8 @@ def test_blue_green_switches_after_the_reference_window_once_the_candidate_is_re
         "phase": "bake",
         "passed_in_phase": 0,
         "reference": VersionCounts(requests=2000).to_doc(),  # stable's since the window began
+        "reference_version": "v1",  # judged against v1's labelled predictions of that window
+        "reference_since": SINCE,
         "evidence": {"since": NOW, "counts": only_v2},
         "step_counts": only_v2,
         "analysed_at": NOW,
@@ -489,6 +493,8 @@ def test_release_in_place_reloads_stable_after_the_reference_window() -> None:
         "phase": "bake",
         "passed_in_phase": 0,
         "reference": VersionCounts(requests=2000).to_doc(),
+        "reference_version": "v1",
+        "reference_since": SINCE,
         "restore_version": "v1",
         "versions": {"v1": "v3"},
         "evidence": {"since": NOW, "counts": v3},
@@ -659,3 +665,26 @@ def test_wants_reading_and_analysis_due(
     assert plan.interval_s == 30
     assert wants_reading(rollout, plan, now) is wants
     assert analysis_due(rollout, plan, now) is due
+
+
+# -- labels and inputs --------------------------------------------------------------------------------
+
+
+def test_labels_count_from_the_phase_and_in_a_bake_from_the_reference_window() -> None:
+    assert quality_since({"phase": "canary", "evidence": {"since": 500.0}}) == 500.0
+    assert quality_since({"phase": "bake", "evidence": {"since": 900.0},
+                          "reference_since": 300.0}) == 300.0
+
+
+def test_the_evidence_says_when_the_input_mix_shifts() -> None:
+    quiet = {"available": True, "columns": [{"name": "age", "psi": 0.02, "reading": "stable"}]}
+    moved = {"available": True, "columns": [{"name": "income", "psi": 0.4, "reading": "major"},
+                                            {"name": "age", "psi": 0.03, "reading": "stable"}]}
+    calm = input_drift({"blue": ("v1", quiet), "green": ("v2", quiet)})
+    assert calm["shifting"] is False and calm["note"] == "no input column shows a shift"
+    shifting = input_drift({"blue": ("v1", moved), "green": ("v2", quiet)})
+    assert shifting["shifting"] is True
+    assert "income on blue (v1): PSI 0.4, major" in shifting["note"]
+    assert shifting["slots"]["blue"]["version"] == "v1"
+    silent = input_drift({"blue": ("v1", {"available": False, "problem": "unreachable"})})
+    assert silent["shifting"] is False and silent["note"] == "no slot reports its input drift"
