@@ -35,6 +35,51 @@ def ensure_artifacts() -> Path:
     return root
 
 
+DEGRADED_ARTIFACTS = ROOT / "artifacts-degraded"
+DEGRADED_SEED = 0
+DEGRADED_SHARE = 0.5  # of the malignant training rows, labelled benign
+
+
+def missed_diagnoses(labels: Any, share: float = DEGRADED_SHARE, seed: int = DEGRADED_SEED) -> Any:
+    """``labels`` with a seeded random ``share`` of the malignant ones turned benign.
+
+    A model trained on them has learned from a systematic labelling error (missed diagnoses):
+    same type and size as one trained on the true labels, clearly worse predictions.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    malignant = np.flatnonzero(labels == "malignant")
+    relabelled = labels.copy()
+    relabelled[rng.choice(malignant, round(share * len(malignant)), replace=False)] = "benign"
+    return relabelled
+
+
+def ensure_degraded_artifacts(root: Path = DEGRADED_ARTIFACTS) -> Path:
+    """An artifacts folder of v1 as trained and a deliberately degraded v2, built once.
+
+    v2 is v1's pipeline (standardised logistic regression, so the same latency) trained with
+    half of the malignant training rows labelled benign: on the whole data set it is right about
+    22 points less often than v1. Both are packaged like any version (``train_spec``).
+    """
+    from model_service.packager import PackageError
+    from model_service.training import VERSIONS, VersionSpec, train_spec
+
+    stable = VERSIONS["v1"]
+    degraded = VersionSpec(
+        "v2", f"{stable.description} trained with {DEGRADED_SHARE:.0%} of the malignant "
+        f"training rows labelled benign (seed {DEGRADED_SEED}): deliberately degraded",
+        stable.build, missed_diagnoses)
+    for spec in (stable, degraded):
+        if not (root / spec.version / "metadata.json").exists():
+            try:
+                train_spec(spec, root)
+            except PackageError:  # another process packaged it meanwhile
+                if not (root / spec.version).exists():
+                    raise
+    return root
+
+
 def sample_body(rows: int = 1) -> bytes:
     from sklearn.datasets import load_breast_cancer
 
