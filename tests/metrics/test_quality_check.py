@@ -196,3 +196,19 @@ def test_mae_checks_catch_a_regressor_twice_as_wrong() -> None:
                 break
     # an MAE of 1.6 against 0.8 (limit +0.1): the median run needs about 270 labelled rows
     assert len(took) == 100 and np.median(took) <= 350, (len(took), np.median(took))
+
+
+@pytest.mark.parametrize(("p_candidate", "low", "high"), [(0.75, 0.8, 0.95), (0.80, 0.1, 0.3)])
+def test_the_default_min_labels_shows_a_large_drop_most_of_the_time(
+    p_candidate: float, low: float, high: float
+) -> None:
+    # what the plan's default of 500 labelled rows per version buys, at a canary's share of
+    # alpha (0.01 over three checks): the rates router/rollout_plan.py states
+    n, runs, rng = 500, 400, np.random.default_rng(17)
+    shown = 0
+    for _ in range(runs):
+        right_s, right_c = (rng.random(n) < 0.95).sum(), (rng.random(n) < p_candidate).sum()
+        checks, _ = quality_checks((classifier(n, right_s), classifier(n, right_c)), ACCURACY,
+                                   0.01 / 3, n)
+        shown += checks[0].decision == FAIL
+    assert low <= shown / runs <= high, shown / runs

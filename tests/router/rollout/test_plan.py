@@ -119,7 +119,7 @@ GOOD_PLANS = [
     ),
     (
         {**CANARY, "thresholds": {"max_mae_increase": 2.5}},
-        {"min_labels": 100, "thresholds": Thresholds(max_mae_increase=2.5)},
+        {"min_labels": 500, "thresholds": Thresholds(max_mae_increase=2.5)},
     ),
     (
         {
