@@ -2,6 +2,8 @@
 
     python -m loadtest.compare --seconds-per-phase 30 --users 20 --out comparison
     python -m loadtest.compare --scenarios good,bad-errors --strategies blue-green,canary
+    python -m loadtest.compare --scenarios bad-quality,bad-quality-checked \
+        --strategies canary,shadow --out comparison-quality
 
 For every scenario (what v2 is) and strategy (how it is released) the run starts fresh v1, v2
 and router processes, runs Locust headless against the router (``loadtest/locustfile.py``,
@@ -40,6 +42,7 @@ from loadtest.compare_measures import (
 from loadtest.compare_release import (
     CANDIDATE,
     DEFAULT_RELEASES,
+    DEFAULT_SCENARIOS,
     FINAL,
     RELEASES,
     SCENARIOS,
@@ -54,6 +57,7 @@ from loadtest.harness import (
     ROOT,
     Proc,
     ensure_artifacts,
+    ensure_degraded_artifacts,
     free_port,
     model_service,
     router,
@@ -63,6 +67,7 @@ from loadtest.harness import (
 from loadtest.report import MANIFEST, render
 
 MODEL_TOKEN = "compare-model-admin"
+FEEDBACK_TOKEN = "compare-feedback"
 
 
 @dataclass(frozen=True)
@@ -103,13 +108,17 @@ class Progress:
         print(f"{self.label} {elapsed:5.1f}s: {message}", file=sys.stderr, flush=True)
 
 
-def _start_locust(router_url: str, folder: Path, options: Options) -> subprocess.Popen[bytes]:
+def _start_locust(router_url: str, folder: Path, options: Options,
+                  scenario: Scenario) -> subprocess.Popen[bytes]:
     limit = int(options.seconds_per_phase * 2 + options.decision_timeout_s + 300)
     argv = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),
             "--host", router_url, "--headless", "-u", str(options.users), "-r", str(options.users),
             "--run-time", f"{limit}s", "--csv", str(folder / LOCUST_PREFIX), "--csv-full-history",
             "--request-log", str(folder / REQUEST_LOG), "--wait-ready", "120", "--only-summary",
             "--loglevel", "WARNING"]
+    if scenario.feedback_share:
+        argv += ["--feedback-share", f"{scenario.feedback_share:g}", "--feedback-token",
+                 FEEDBACK_TOKEN]
     log = (folder / "locust.log").open("wb")
     return subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
@@ -145,12 +154,19 @@ def _restart_in_place(procs: list[Proc], port: int, scenario: Scenario, release_
     procs.pop(0).stop()
     stopped_at = time.time()
     procs.insert(0, model_service(CANDIDATE, port, workers=1, MODEL_ADMIN_TOKEN=MODEL_TOKEN,
-                                  **scenario.fault_env))
+                                  **_model_env(scenario)))
     ready_at = time.time()
     return {"full_release": ready_at, "exposure_from": stopped_at,
             "outcome": "released (nothing checks v2)",
             "notes": [(f"the old process exited {stopped_at - release_at:.1f} s after SIGTERM; the "
                       f"new one was ready {ready_at - stopped_at:.1f} s later")]}
+
+
+def _model_env(scenario: Scenario) -> dict[str, str]:
+    """The environment of the scenario's model services (v1 and v2 alike, but for the faults)."""
+    if scenario.degraded:
+        return {"MODEL_ARTIFACTS": str(ensure_degraded_artifacts()), **scenario.fault_env}
+    return dict(scenario.fault_env)
 
 
 def _roll_out(admin: Admin, plan: dict[str, Any], options: Options, progress: Progress) -> dict[str, Any]:
@@ -183,13 +199,15 @@ def run_one(scenario: Scenario, release: Release, options: Options, folder: Path
     try:
         progress.line("starting v1, v2, the router, and Locust waiting for the router")
         started = time.time()
-        locust = _start_locust(f"http://127.0.0.1:{router_port}", folder, options)
+        locust = _start_locust(f"http://127.0.0.1:{router_port}", folder, options, scenario)
+        artifacts = {k: v for k, v in _model_env(scenario).items() if k == "MODEL_ARTIFACTS"}
+        feedback = {"ROUTER_FEEDBACK_TOKEN": FEEDBACK_TOKEN} if scenario.feedback_share else {}
         procs = start_together(
-            lambda: model_service(STABLE, v1_port, MODEL_ADMIN_TOKEN=MODEL_TOKEN),
+            lambda: model_service(STABLE, v1_port, MODEL_ADMIN_TOKEN=MODEL_TOKEN, **artifacts),
             lambda: model_service(CANDIDATE, v2_port, workers=1, MODEL_ADMIN_TOKEN=MODEL_TOKEN,
-                                  **scenario.fault_env),
+                                  **_model_env(scenario)),
             lambda: router(router_port, upstreams, ROUTER_STRATEGY="release-in-place",
-                           ROUTER_MODEL_ADMIN_TOKEN=MODEL_TOKEN),
+                           ROUTER_MODEL_ADMIN_TOKEN=MODEL_TOKEN, **feedback),
         )
         with StatePoller(Admin(procs[2].url)) as poller:
             _wait_for_load(folder, locust)
@@ -197,7 +215,7 @@ def run_one(scenario: Scenario, release: Release, options: Options, folder: Path
             time.sleep(options.seconds_per_phase)
             release_at = time.time()
             load_at_release = os.getloadavg()[0]
-            plan = release.plan(options.interval_s, options.min_requests)
+            plan = release.plan(options.interval_s, options.min_requests, scenario)
             if plan is None:
                 fields = _restart_in_place(procs, v1_port, scenario, release_at, progress)
             else:
@@ -257,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds of load before the release and after the decision (default 30)")
     parser.add_argument("--users", type=int, default=20, help="simulated users (default 20)")
     parser.add_argument("--out", type=Path, default=Path("comparison"), help="output folder")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help=f"comma-separated, from: {', '.join(SCENARIOS)}")
+    parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                        help=f"comma-separated, from: {', '.join(SCENARIOS)} (default: "
+                             f"{','.join(DEFAULT_SCENARIOS)})")
     parser.add_argument("--strategies", default=",".join(DEFAULT_RELEASES),
                         help=f"comma-separated, from: {', '.join(RELEASES)}")
     parser.add_argument("--interval-s", type=float, default=2.0,
@@ -290,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
               "give --out a folder you can write", file=sys.stderr)
         return 2
     ensure_artifacts()
+    if any(s.degraded for s in scenarios):
+        print("building the degraded v2 (once, into artifacts-degraded/)", file=sys.stderr)
+        ensure_degraded_artifacts()
     results = [RunResult(s, r, options.out / "csv" / s.name / r.name) for s in scenarios for r in releases]
     progress = Progress(sum(r.release.skip_reason(r.scenario) is None for r in results))
     for result in results:

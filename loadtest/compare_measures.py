@@ -47,6 +47,8 @@ class Request:
     status: int
     ms: float
     failed: bool
+    rows: int = 1
+    correct: int | None = None  # rows predicted as the data set labels them; None when failed
 
 
 @dataclass
@@ -119,7 +121,9 @@ def percentile(values: list[float], q: float) -> float:
 def read_requests(folder: Path) -> list[Request]:
     with (folder / REQUEST_LOG).open(newline="") as handle:
         return [Request(float(r["start_time"]), r["user"], r["version"], r["model_version"],
-                        int(r["status"]), float(r["response_time_ms"]), r["failed"] == "1")
+                        int(r["status"]), float(r["response_time_ms"]), r["failed"] == "1",
+                        int(r.get("rows") or 1),
+                        int(r["correct"]) if r.get("correct") else None)
                 for r in csv.DictReader(handle)]
 
 
@@ -192,14 +196,45 @@ def measure(requests: list[Request], timeline: Timeline) -> Measures:
     )
 
 
+@dataclass(frozen=True)
+class Quality:
+    """How often the answers users got were right (the request log's ``correct`` column)."""
+
+    by_version: dict[str, tuple[int, int]]  # the body's model_version -> rows answered, rows right
+    rows_by_phase: dict[str, int]
+    wrong_by_phase: dict[str, int]
+
+
+def quality(requests: list[Request], timeline: Timeline) -> Quality | None:
+    """Per version and phase, rows answered and rows right; None when the log has no labels."""
+    scored = [r for r in requests if r.correct is not None]
+    if not scored:
+        return None
+    by_version: dict[str, tuple[int, int]] = {}
+    rows = dict.fromkeys(PHASES, 0)
+    wrong = dict.fromkeys(PHASES, 0)
+    for r in scored:
+        n, right = by_version.get(r.model_version, (0, 0))
+        by_version[r.model_version] = (n + r.rows, right + (r.correct or 0))
+        phase = phase_of(r.start, timeline)
+        rows[phase] += r.rows
+        wrong[phase] += r.rows - (r.correct or 0)
+    return Quality(dict(sorted(by_version.items())), rows, wrong)
+
+
 def disagreements(requests: list[Request], locust: dict[str, tuple[int, int]]) -> list[str]:
-    """Where the request log and Locust's own totals differ (empty when they agree)."""
+    """Where the request log and Locust's own totals of predictions differ (empty when they agree).
+
+    The log holds predictions only; Locust's ``feedback`` requests are left out of its totals.
+    """
     ours: dict[str, tuple[int, int]] = {}
     for r in requests:
         name = f"predict [{r.version}]"
         n, f = ours.get(name, (0, 0))
         ours[name] = (n + 1, f + int(r.failed))
     ours["Aggregated"] = (len(requests), sum(r.failed for r in requests))
+    locust = {name: totals for name, totals in locust.items() if name.startswith("predict")}
+    locust["Aggregated"] = (sum(n for n, _ in locust.values()), sum(f for _, f in locust.values()))
     problems = []
     for name in sorted(set(ours) | set(locust)):
         if ours.get(name, (0, 0)) != locust.get(name, (0, 0)):

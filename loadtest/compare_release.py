@@ -1,6 +1,7 @@
 """The scenarios and releases of a comparison run, and what the router says it decided.
 
-A scenario says what v2 is (as trained, or with injected faults); a release says how v2 reaches
+A scenario says what v2 is (as trained, with injected faults, or a model as fast and reliable as v1
+that is clearly more often wrong) and what the rollout plans check; a release says how v2 reaches
 users: a restart or hot reload of stable's service, or an automated rollout (``POST
 /admin/rollout``) with the blue-green, canary or shadow plan below.
 
@@ -29,20 +30,45 @@ THRESHOLDS = {name: getattr(Thresholds(), name) for name in (
     "min_agreement", "confidence")}
 
 
+# The quality check of the bad-quality scenarios: v2 may be right at most 5 points less often
+# than v1, judged once each version has this many labelled rows in the phase
+QUALITY_THRESHOLDS = {"max_accuracy_drop": 0.05}
+QUALITY_MIN_LABELS = 500
+# share of answered requests whose true labels the simulated users send back (POST /feedback)
+QUALITY_FEEDBACK_SHARE = 0.5
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
     fault_env: dict[str, str] = field(default_factory=dict)
+    degraded: bool = False  # v2 is the deliberately degraded model (ensure_degraded_artifacts)
+    feedback_share: float = 0.0  # the locustfile's --feedback-share
+    plan_fields: dict[str, Any] = field(default_factory=dict)  # added to every rollout plan
 
 
+DEGRADED = ("v2 is v1's pipeline trained with half the malignant rows labelled benign: as fast "
+            "and as reliable, right about 22 points less often")
 SCENARIOS = {s.name: s for s in (
     Scenario("good", "v2 as trained"),
     Scenario("bad-errors", "v2 answers 20 % of requests with 500 (FAULT_ERROR_RATE=0.2)",
              {"FAULT_ERROR_RATE": "0.2"}),
     Scenario("bad-latency", "v2 adds 300 ms to every answer (FAULT_LATENCY_MS=300)",
              {"FAULT_LATENCY_MS": "300"}),
+    Scenario("bad-quality", f"{DEGRADED}; users send the true labels of "
+             f"{QUALITY_FEEDBACK_SHARE:.0%} of their answers, and the plans check service "
+             "metrics only",
+             degraded=True, feedback_share=QUALITY_FEEDBACK_SHARE),
+    Scenario("bad-quality-checked", f"{DEGRADED}; users send the true labels of "
+             f"{QUALITY_FEEDBACK_SHARE:.0%} of their answers, and the plans add the quality check "
+             f"`max_accuracy_drop` {QUALITY_THRESHOLDS['max_accuracy_drop']} with `min_labels` "
+             f"{QUALITY_MIN_LABELS}",
+             degraded=True, feedback_share=QUALITY_FEEDBACK_SHARE,
+             plan_fields={"thresholds": QUALITY_THRESHOLDS, "min_labels": QUALITY_MIN_LABELS}),
 )}
+# the bad-quality pair runs when asked for (--scenarios): it shows the quality check, not a strategy
+DEFAULT_SCENARIOS = ("good", "bad-errors", "bad-latency")
 
 
 @dataclass(frozen=True)
@@ -56,12 +82,15 @@ class Release:
     restart: bool = False
     plan_fields: dict[str, Any] = field(default_factory=dict)
 
-    def plan(self, interval_s: float, min_requests: int) -> dict[str, Any] | None:
+    def plan(self, interval_s: float, min_requests: int,
+             scenario: Scenario | None = None) -> dict[str, Any] | None:
         """The rollout plan to POST, or None when the release is not a rollout."""
         if not self.plan_fields:
             return None
+        extra = dict(scenario.plan_fields) if scenario is not None else {}
+        thresholds = {**THRESHOLDS, **extra.pop("thresholds", {})}
         return {**self.plan_fields, "interval_s": interval_s, "min_requests": min_requests,
-                "max_failed_analyses": 1, "thresholds": dict(THRESHOLDS),
+                "max_failed_analyses": 1, **extra, "thresholds": thresholds,
                 "reason": f"comparison run: {self.name}"}
 
     def skip_reason(self, scenario: Scenario) -> str | None:
@@ -175,8 +204,13 @@ class StatePoller:
 
 def _failed_checks(decision: dict[str, Any]) -> str:
     checks = [c for c in decision.get("checks", []) if c.get("decision") == "fail"]
-    return ", ".join(f"{c['name']} {c['value']} > {c['threshold']}" if c["name"] != "agreement"
-                     else f"{c['name']} {c['value']} < {c['threshold']}" for c in checks)
+    return ", ".join(f"{c['name']} {_short(c['value'])} > {c['threshold']}"
+                     if c["name"] != "agreement"
+                     else f"{c['name']} {_short(c['value'])} < {c['threshold']}" for c in checks)
+
+
+def _short(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
 
 
 def read_outcome(rollout: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,14 @@ Options added to Locust's command line:
 - ``--batch-share P``: share of requests that carry a batch rather than one row (default 0.3).
 - ``--wait-ready S``: before the users start, wait up to S seconds for the host's ``GET /ready``
   to answer 200 (for a load test started together with the servers; counts against --run-time).
+- ``--feedback-share P``: share of answered predictions whose true labels (the data set's) the
+  user sends back to ``POST /feedback`` (default 0), ``--feedback-delay S`` seconds later (default
+  1: with the user's next request due then), with the bearer token ``--feedback-token`` (default:
+  ``$ROUTER_FEEDBACK_TOKEN``). Reported as ``feedback`` in Locust's tables.
+
+The request log's ``correct`` column counts the rows of an answer whose predicted class is the
+data set's label (empty for a failed request), so a run's accuracy per version can be read from
+it whether or not feedback is sent.
 """
 
 from __future__ import annotations
@@ -29,8 +37,10 @@ import csv
 import itertools
 import logging
 import math
+import os
 import random
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -44,11 +54,13 @@ from sklearn.datasets import load_breast_cancer
 
 log = logging.getLogger(__name__)
 
-ROWS: list[list[float]] = load_breast_cancer().data.tolist()
+_DATA = load_breast_cancer()
+ROWS: list[list[float]] = _DATA.data.tolist()
+LABELS: list[str] = [str(_DATA.target_names[t]) for t in _DATA.target]
 MAX_BATCH = 20
 PROBABILITY_TOLERANCE = 1e-6
 REQUEST_LOG_COLUMNS = ("start_time", "user", "name", "version", "model_version", "status",
-                       "rows", "response_time_ms", "failed", "reason")
+                       "rows", "response_time_ms", "failed", "reason", "correct")
 _user_numbers = itertools.count(1)
 _request_log: dict[str, Any] = {}
 
@@ -99,6 +111,15 @@ def _add_options(parser: Any) -> None:
                        help="share of requests carrying 2-20 rows instead of one (default 0.3)")
     group.add_argument("--wait-ready", type=float, default=0.0, metavar="S",
                        help="wait up to S seconds for the host's GET /ready before starting users")
+    group.add_argument("--feedback-share", type=float, default=0.0, metavar="P",
+                       help="share of answered predictions whose true labels are sent to "
+                            "POST /feedback (default 0)")
+    group.add_argument("--feedback-delay", type=float, default=1.0, metavar="S",
+                       help="seconds between an answer and its labels (default 1)")
+    # on the parser itself: Locust's own add_argument keeps a secret out of its web UI's echo
+    parser.add_argument("--feedback-token", default=os.environ.get("ROUTER_FEEDBACK_TOKEN", ""),
+                        metavar="TOKEN", is_secret=True,
+                        help="bearer token for POST /feedback (default: $ROUTER_FEEDBACK_TOKEN)")
 
 
 @events.init.add_listener
@@ -144,7 +165,8 @@ def _log_request(name: str, response_time: float, start_time: float | None = Non
     writer.writerow((f"{start_time or 0:.6f}", context.get("user", ""), name,
                      context.get("version", ""), context.get("model_version", ""),
                      context.get("status", 0), context.get("rows", 0), f"{response_time:.3f}",
-                     int(exception is not None), str(exception or "")[:200]))
+                     int(exception is not None), str(exception or "")[:200],
+                     context.get("correct", "")))
 
 
 @events.quitting.add_listener
@@ -189,7 +211,7 @@ def gate_verdicts(environment: Environment, max_fail_ratio: float | None,
 
 
 class PredictionClient(FastHttpUser):
-    """One client of the prediction API with its own user id."""
+    """One client of the prediction API with its own user id, and optionally its labeller."""
 
     wait_time = between(0.05, 0.2)
 
@@ -201,12 +223,20 @@ class PredictionClient(FastHttpUser):
         self.rng = random.Random(self.user_id)
         options = self.environment.parsed_options
         self.batch_share = options.batch_share if options is not None else 0.3
+        self.feedback_share = options.feedback_share if options is not None else 0.0
+        self.feedback_delay = options.feedback_delay if options is not None else 1.0
+        token = options.feedback_token if options is not None else ""
+        self.feedback_headers = {"Content-Type": "application/json",
+                                 **({"Authorization": f"Bearer {token}"} if token else {})}
+        self.pending: deque[tuple[float, bytes]] = deque()  # (due, feedback body)
 
     @task
     def predict(self) -> None:
+        self.send_due_feedback()
         rows = 1 if self.rng.random() >= self.batch_share else self.rng.randint(2, MAX_BATCH)
         start = self.rng.randrange(len(ROWS))
-        instances = [ROWS[(start + i) % len(ROWS)] for i in range(rows)]
+        picked = [(start + i) % len(ROWS) for i in range(rows)]
+        instances = [ROWS[i] for i in picked]
         with self.client.post("/predict", data=orjson.dumps({"instances": instances}).decode(),
                               headers={"Content-Type": "application/json", "X-User-ID": self.user_id},
                               name="predict", context={"user": self.user_id, "rows": rows},
@@ -228,8 +258,27 @@ class PredictionClient(FastHttpUser):
             problem = prediction_problem(doc, rows)
             if problem is not None:
                 resp.failure(problem)
-            else:
-                resp.success()
+                return
+            resp.success()
+            labels = [LABELS[i] for i in picked]
+            context["correct"] = sum(str(p) == t for p, t in zip(doc["predictions"], labels,
+                                                                 strict=True))
+            request_id = (resp.headers or {}).get("X-Request-ID")
+            if request_id and self.rng.random() < self.feedback_share:
+                body = orjson.dumps({"request_id": request_id, "labels": labels})
+                self.pending.append((time.monotonic() + self.feedback_delay, body))
+
+    def send_due_feedback(self, everything: bool = False) -> None:
+        """Send the labels whose delay has passed (all of them when ``everything``)."""
+        now = time.monotonic()
+        while self.pending and (everything or self.pending[0][0] <= now):
+            _, body = self.pending.popleft()
+            with self.client.post("/feedback", data=body, headers=self.feedback_headers,
+                                  name="feedback", catch_response=True) as resp:
+                if resp.status_code == 200:
+                    resp.success()
+                else:
+                    resp.failure(f"status {resp.status_code}: {_error_code(resp)}")
 
 
 def _error_code(resp: Any) -> str:

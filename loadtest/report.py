@@ -23,8 +23,11 @@ from loadtest.compare_measures import (
     REQUEST_LOG,
     TIMELINE,
     Measures,
+    Quality,
     Timeline,
     measure,
+    quality,
+    read_locust_totals,
     read_requests,
     series,
 )
@@ -46,6 +49,10 @@ RAW_KINDS = (  # published in this order while they fit
 COLUMNS = ("strategy", "outcome", "requests", "failed", "failed before / during / after",
            "exposure before the decision", "users exposed", "to 100 % v2", "to rollback",
            "latency before (ms p50 / p95 / p99)", "during", "after")
+
+
+QUALITY_COLUMNS = ("strategy", "outcome", "right answers per version", "wrong rows during / after",
+                   "labels sent (failed)", "the decision's quality check")
 
 
 def _seconds(value: float | None) -> str:
@@ -71,8 +78,29 @@ def table_row(title: str, timeline: Timeline, m: Measures) -> list[str]:
     ]
 
 
-def _markdown_table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(" --- " for _ in COLUMNS) + "|"]
+def _quality_check(timeline: Timeline) -> str:
+    """The last analysis's quality check: the drop with its interval, or why there was none."""
+    for decision in reversed(timeline.decisions):
+        for check in decision.get("checks", []):
+            if check.get("name") in ("accuracy_drop", "mae_increase"):
+                low, high = check.get("interval") or (None, None)
+                bounds = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+                return (f"{check['name']} {check['value']:.3f}{bounds} against "
+                        f"{check['threshold']}: {check['decision']}")
+    return "not in the plan" if timeline.plan else "no rollout"
+
+
+def quality_row(title: str, timeline: Timeline, q: Quality, labels: tuple[int, int]) -> list[str]:
+    """The cells of one strategy's row of the quality table, in QUALITY_COLUMNS order."""
+    per_version = "; ".join(f"{v} {100 * right / n:.1f} % of {n}" for v, (n, right) in
+                            q.by_version.items() if n)
+    wrong = " / ".join(f"{q.wrong_by_phase[p]} of {q.rows_by_phase[p]}" for p in PHASES[1:])
+    return [title, timeline.outcome, per_version, wrong, f"{labels[0]} ({labels[1]})",
+            _quality_check(timeline)]
+
+
+def _markdown_table(rows: list[list[str]], columns: tuple[str, ...] = COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -268,7 +296,7 @@ def _scenario_section(out: Path, target: Path, scenario_name: str,
                       runs: list[dict[str, Any]]) -> list[str]:
     """One scenario's table, notes and plots (rendered into ``target/plots``)."""
     scenario = SCENARIOS[scenario_name]
-    rows, notes, plots = [], [], []
+    rows, notes, plots, quality_rows = [], [], [], []
     for run in (r for r in runs if r["scenario"] == scenario_name):
         release = RELEASES[run["strategy"]]
         folder = out / "csv" / scenario_name / release.name
@@ -283,11 +311,22 @@ def _scenario_section(out: Path, target: Path, scenario_name: str,
         timeline = Timeline.load(folder)
         requests = read_requests(folder)
         rows.append(table_row(release.title, timeline, measure(requests, timeline)))
+        scored = quality(requests, timeline)
+        if scored is not None:
+            labels = read_locust_totals(folder).get("feedback", (0, 0))
+            quality_rows.append(quality_row(release.title, timeline, scored, labels))
         notes += _run_notes(release.title, release, timeline)
         plot = Path("plots") / f"{scenario_name}-{release.name}.png"
         plot_run(target / plot, f"{scenario_name} / {release.title}", timeline, requests)
         plots.append(f"![{scenario_name} / {release.title}]({plot.as_posix()})\n")
     lines = ["", f"## Scenario {scenario.name}: {scenario.description}", "", _markdown_table(rows)]
+    if quality_rows:
+        lines += ["", ("Quality: rows answered by each version (the body's `model_version`) and "
+                       "the share predicted as the data set labels them; rows answered wrongly "
+                       "from the release to the decision and after it; feedback requests "
+                       "(`POST /feedback`) the users sent; the last analysis's quality check "
+                       "(the accuracy drop of v2 against v1 with its anytime-valid interval)."),
+                  "", _markdown_table(quality_rows, QUALITY_COLUMNS)]
     if notes:
         lines += ["", *notes]
     if plots:

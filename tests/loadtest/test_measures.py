@@ -131,3 +131,28 @@ def test_series_latency_is_per_answering_version() -> None:
     p50, p95, p99 = s.latency_ms["v2"]  # failures count for the service that gave them
     assert (p50, p99) == ([50.0], [80.0])
     assert s.answers == {"v1": [20], "v2": [20], "failed": [20]}
+
+
+def test_quality_counts_rows_right_per_answering_version_and_phase() -> None:
+    from loadtest.compare_measures import quality
+    from loadtest.report import quality_row
+
+    timeline = _timeline(decided=20.0, rollback=20.0,
+                         decisions=[{"checks": [{"name": "accuracy_drop", "value": 0.2,
+                                                 "threshold": 0.05, "interval": [0.1, 0.3],
+                                                 "decision": "fail"}]}])
+    base = [_req(5.0), _req(12.0, "v2"), _req(13.0, "v2"), _req(25.0), _req(26.0, failed=True)]
+    scored = [Request(r.start, r.user, r.version, r.model_version, r.status, r.ms, r.failed,
+                      rows, correct)
+              for r, (rows, correct) in zip(base, [(1, 1), (4, 2), (1, 0), (3, 3), (2, None)],
+                                            strict=True)]
+    q = quality(scored, timeline)
+    assert q is not None
+    assert q.by_version == {"v1": (4, 4), "v2": (5, 2)}  # the failed request is not scored
+    assert q.rows_by_phase == {"before": 1, "during": 5, "after": 3}
+    assert q.wrong_by_phase == {"before": 0, "during": 3, "after": 0}
+    row = quality_row("canary", timeline, q, (7, 0))
+    assert row[2] == "v1 100.0 % of 4; v2 40.0 % of 5"
+    assert row[3] == "3 of 5 / 0 of 3"
+    assert row[5] == "accuracy_drop 0.200 [0.100, 0.300] against 0.05: fail"
+    assert quality(base, timeline) is None  # a log without labels has no quality table
