@@ -53,24 +53,30 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path
     routed = tmp_path_factory.mktemp("compare-routed")
     restart = tmp_path_factory.mktemp("compare-restart")
     # the two runs use ports of their own and measure nothing against the clock, so they overlap
-    started = [_compare(routed, "good,bad-errors", "blue-green,canary"), _compare(restart, "good", "restart")]
+    quality = tmp_path_factory.mktemp("compare-quality")
+    started = [_compare(routed, "good,bad-errors", "blue-green,canary"), _compare(restart, "good", "restart"),
+               _compare(quality, "bad-quality,bad-quality-checked", "canary")]
     for run in started:
         _finished(run)
     folders = {(s, r): routed for s in ("good", "bad-errors") for r in ("blue-green", "canary")}
     folders[("good", "restart")] = restart
+    folders.update({(s, "canary"): quality for s in ("bad-quality", "bad-quality-checked")})
     return folders
 
 
 def report_rows(report: str) -> dict[tuple[str, str], dict[str, str]]:
-    """(scenario, strategy title) -> {column: cell} from every table of report.md."""
+    """(scenario, strategy title) -> {column: cell} from each scenario's first table of report.md
+    (the one of service measures; the quality table follows it)."""
     rows: dict[tuple[str, str], dict[str, str]] = {}
-    scenario, header = "", None
+    scenario, header, read = "", None, False
     for line in report.splitlines():
         heading = re.match(r"## Scenario ([\w-]+):", line)
         if heading:
-            scenario, header = heading.group(1), None
+            scenario, header, read = heading.group(1), None, False
             continue
-        if not scenario or not line.startswith("|") or line.startswith("| ---"):
+        if header is not None and not line.startswith("|"):
+            read = True  # the first table ended
+        if not scenario or read or not line.startswith("|") or line.startswith("| ---"):
             continue
         cells = [c.strip() for c in line.strip("|").split("|")]
         if header is None:
@@ -145,10 +151,11 @@ def test_report_numbers_equal_the_ones_recomputed_from_the_csvs(runs: dict[tuple
             assert row[column] == expected, (scenario, strategy, column)
         # Locust's own totals, per version and in all, agree with the request log and the report
         failed = sum(r["failed"] == "1" for r in requests)
-        assert locust["Aggregated"] == (len(requests), failed) == (int(row["requests"]),
-                                                                    int(row["failed"].split()[0]))
+        predictions = [totals for name, totals in locust.items() if name.startswith("predict")]
+        assert (sum(n for n, _ in predictions), sum(f for _, f in predictions)) \
+            == (len(requests), failed) == (int(row["requests"]), int(row["failed"].split()[0]))
         for name, (count, failures) in locust.items():
-            if name != "Aggregated":
+            if name.startswith("predict"):
                 version = name.removeprefix("predict [").removesuffix("]")
                 ours = [r for r in requests if r["version"] == version]
                 assert (count, failures) == (len(ours), sum(r["failed"] == "1" for r in ours)), name
@@ -186,3 +193,30 @@ def test_restart_in_place_serves_v2_after_the_restart(runs: dict[tuple[str, str]
     after = [r for r in requests if float(r["start_time"]) > ready + 1.0]
     assert after and all(r["model_version"] == "v2" for r in after if r["failed"] == "0")
     assert (out / "plots" / "good-restart.png").stat().st_size > 10_000
+
+
+def test_quality_check_rolls_back_the_worse_model_that_service_metrics_promote(
+        runs: dict[tuple[str, str], Path]) -> None:
+    out = runs[("bad-quality", "canary")]
+    report = (out / "report.md").read_text()
+    blind = report_rows(report)[("bad-quality", "canary")]
+    checked = report_rows(report)[("bad-quality-checked", "canary")]
+    assert blind["outcome"] == "promoted"
+    assert checked["outcome"].startswith("rolled back (accuracy_drop"), checked["outcome"]
+    for scenario in ("bad-quality", "bad-quality-checked"):
+        requests, _, locust = raw(out / "csv" / scenario / "canary")
+        assert locust["feedback"][0] > 0 and locust["feedback"][1] == 0  # labels sent, all taken
+        # the quality table's share per version, recomputed from the request log
+        rows: dict[str, list[int]] = {}
+        for r in requests:
+            if r["correct"]:
+                n = rows.setdefault(r["model_version"], [0, 0])
+                n[0] += int(r["rows"])
+                n[1] += int(r["correct"])
+        shares = {v: right / n for v, (n, right) in rows.items()}
+        assert shares["v1"] - shares["v2"] > 0.1, shares  # v2 clearly worse
+        section = report.split(f"## Scenario {scenario}:")[1].split("\n## ")[0]
+        cells = [line for line in section.splitlines()
+                 if line.startswith("| canary |") and "% of" in line]
+        expected = "; ".join(f"{v} {100 * right / n:.1f} % of {n}" for v, (n, right) in sorted(rows.items()))
+        assert len(cells) == 1 and expected in cells[0], (expected, cells)

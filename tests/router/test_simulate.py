@@ -51,6 +51,7 @@ def write_log(path: Path, rps: float, seconds: float, users: int, start: float =
                 "response_time_ms": "12.5",
                 "failed": "False",
                 "reason": "",
+                "correct": "1",
             }
             writer.writerow([row[c] for c in columns])
     return path
