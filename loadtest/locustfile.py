@@ -264,14 +264,15 @@ class PredictionClient(FastHttpUser):
             context["correct"] = sum(str(p) == t for p, t in zip(doc["predictions"], labels,
                                                                  strict=True))
             request_id = (resp.headers or {}).get("X-Request-ID")
-            if request_id and self.rng.random() < self.feedback_share:
+            # drawn only when labelling, so runs without it keep their sequence of requests
+            if request_id and self.feedback_share and self.rng.random() < self.feedback_share:
                 body = orjson.dumps({"request_id": request_id, "labels": labels})
                 self.pending.append((time.monotonic() + self.feedback_delay, body))
 
-    def send_due_feedback(self, everything: bool = False) -> None:
-        """Send the labels whose delay has passed (all of them when ``everything``)."""
+    def send_due_feedback(self) -> None:
+        """Send the labels whose delay has passed."""
         now = time.monotonic()
-        while self.pending and (everything or self.pending[0][0] <= now):
+        while self.pending and self.pending[0][0] <= now:
             _, body = self.pending.popleft()
             with self.client.post("/feedback", data=body, headers=self.feedback_headers,
                                   name="feedback", catch_response=True) as resp:
