@@ -85,7 +85,8 @@ def _quality_check(timeline: Timeline) -> str:
             if check.get("name") in ("accuracy_drop", "mae_increase"):
                 low, high = check.get("interval") or (None, None)
                 bounds = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
-                return (f"{check['name']} {check['value']:.3f}{bounds} against "
+                value = "—" if check.get("value") is None else f"{check['value']:.3f}"
+                return (f"{check['name']} {value}{bounds} against "
                         f"{check['threshold']}: {check['decision']}")
     return "not in the plan" if timeline.plan else "no rollout"
 

@@ -156,3 +156,8 @@ def test_quality_counts_rows_right_per_answering_version_and_phase() -> None:
     assert row[3] == "3 of 5 / 0 of 3"
     assert row[5] == "accuracy_drop 0.200 [0.100, 0.300] against 0.05: fail"
     assert quality(base, timeline) is None  # a log without labels has no quality table
+    # an analysis before the candidate had a labelled row has no estimate yet
+    early = _timeline(decisions=[{"checks": [{"name": "accuracy_drop", "value": None,
+                                              "threshold": 0.05, "interval": None,
+                                              "decision": "pass"}]}])
+    assert quality_row("canary", early, q, (0, 0))[5] == "accuracy_drop — against 0.05: pass"
