@@ -1,8 +1,9 @@
 """``make run``: v1 on 8001, v2 on 8002 and the router on 8000, on loopback, until Ctrl-C.
 
-The admin tokens are kept across runs in ``var/tokens.env`` (mode 0600), so the printed
-``export ROLLOUT_TOKEN=...`` line stays valid as long as the routing state in ``var/`` does;
-``ROUTER_ADMIN_TOKEN`` and ``MODEL_ADMIN_TOKEN`` in the environment take precedence. The router
+The admin tokens and the feedback token are kept across runs in ``var/tokens.env`` (mode 0600),
+so the printed ``export ...`` line stays valid as long as the routing state in ``var/`` does;
+``ROUTER_ADMIN_TOKEN``, ``MODEL_ADMIN_TOKEN`` and ``ROUTER_FEEDBACK_TOKEN`` in the environment
+take precedence. With the feedback token set, the router keeps each answer for ``POST /feedback``. The router
 gets the model services' token as ``ROUTER_MODEL_ADMIN_TOKEN``, so every strategy works, including
 ``release-in-place``. ``MODEL_ACCESS_TOKEN`` and ``METRICS_TOKEN`` are not set unless the environment
 sets them; a ``MODEL_ACCESS_TOKEN`` given there also becomes the router's
@@ -32,7 +33,7 @@ import requests
 from common.config import ConfigError, env_int
 
 TOKENS_FILE = Path("var/tokens.env")
-TOKEN_NAMES = ("ROUTER_ADMIN_TOKEN", "MODEL_ADMIN_TOKEN")
+TOKEN_NAMES = ("ROUTER_ADMIN_TOKEN", "MODEL_ADMIN_TOKEN", "ROUTER_FEEDBACK_TOKEN")
 PORT_VARIABLE = "DEVSTACK_PORT"
 DEFAULT_PORT = 8000
 ROLES = ("router", "v1", "v2")  # the router on the base port, v1 and v2 on the next two
@@ -73,7 +74,7 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def local_tokens(path: Path = TOKENS_FILE, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """ROUTER_ADMIN_TOKEN and MODEL_ADMIN_TOKEN: from the environment, else from ``path``, else new.
+    """Each of TOKEN_NAMES: from the environment, else from ``path``, else new.
 
     New tokens are written to ``path`` (mode 0600) so the next run prints the same ones; a token
     taken from the environment is never written there.
@@ -197,6 +198,7 @@ def _run(stop: StopRequest) -> int:
         "ROUTER_UPSTREAMS": f"v1={urls['v1']},v2={urls['v2']}",
         "ROUTER_ADMIN_TOKEN": tokens["ROUTER_ADMIN_TOKEN"],
         "ROUTER_MODEL_ADMIN_TOKEN": tokens["MODEL_ADMIN_TOKEN"],  # release-in-place reloads
+        "ROUTER_FEEDBACK_TOKEN": tokens["ROUTER_FEEDBACK_TOKEN"],  # POST /feedback works locally
         "ROUTER_STATE_URL": os.environ.get("ROUTER_STATE_URL", "var/router-state.db"),
     }
     access = (base.get("MODEL_ACCESS_TOKEN") or "").strip()
@@ -228,9 +230,12 @@ def _run(stop: StopRequest) -> int:
                 f"  admin token    {tokens['ROUTER_ADMIN_TOKEN']}\n"
                 f"  model token    {tokens['MODEL_ADMIN_TOKEN']}   (POST /admin/reload on a model "
                 "service)\n"
-                f"  tokens kept in {TOKENS_FILE} (the environment's ROUTER_ADMIN_TOKEN and "
-                "MODEL_ADMIN_TOKEN win)\n\n"
-                f"  export ROLLOUT_URL={urls['router']} ROLLOUT_TOKEN={tokens['ROUTER_ADMIN_TOKEN']}\n"
+                f"  feedback token {tokens['ROUTER_FEEDBACK_TOKEN']}   (POST /feedback on the "
+                "router)\n"
+                f"  tokens kept in {TOKENS_FILE} (the environment's ROUTER_ADMIN_TOKEN, "
+                "MODEL_ADMIN_TOKEN and ROUTER_FEEDBACK_TOKEN win)\n\n"
+                f"  export ROLLOUT_URL={urls['router']} ROLLOUT_TOKEN={tokens['ROUTER_ADMIN_TOKEN']}"
+                f" ROUTER_FEEDBACK_TOKEN={tokens['ROUTER_FEEDBACK_TOKEN']}\n"
                 "Press Ctrl-C to stop all three.\n",
                 flush=True,
             )

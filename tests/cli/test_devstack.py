@@ -166,6 +166,31 @@ def test_an_access_token_from_the_environment_reaches_the_router(start: Starter,
     assert requests.get(url + "/metrics", timeout=5).status_code == 200  # no METRICS_TOKEN set
 
 
+def test_feedback_works_under_make_run_with_the_printed_token(start: Starter,
+                                                           tmp_path: Path) -> None:
+    stack = start(tmp_path)
+    url, admin = stack.up()
+    feedback_token = stack.wait_for(r"ROUTER_FEEDBACK_TOKEN=(\S+)")[1]
+    assert f"ROUTER_FEEDBACK_TOKEN={feedback_token}\n" in (tmp_path / "var" / "tokens.env").read_text()
+
+    answer = requests.post(url + "/predict", json={"instances": [ROW]}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    body = {"request_id": answer.headers["X-Request-ID"], "labels": answer.json()["predictions"]}
+    refused = requests.post(url + "/feedback", json=body, timeout=5)
+    assert refused.status_code == 401 and refused.json()["error"]["code"]
+
+    def scored() -> requests.Response | None:  # the answer is kept off the request path
+        resp = requests.post(url + "/feedback", json=body, timeout=5,
+                             headers={"Authorization": f"Bearer {feedback_token}"})
+        return resp if resp.status_code == 200 else None
+
+    first = wait_until(scored, 10)
+    assert first.json().get("duplicate") is not True, first.json()
+    quality = requests.get(url + "/admin/analysis", timeout=5,
+                           headers={"Authorization": f"Bearer {admin}"}).json()["quality"]
+    assert quality, quality
+
+
 def test_tokens_and_state_survive_a_restart(start: Starter, tmp_path: Path) -> None:
     first = start(tmp_path)
     url, token = first.up()
