@@ -2,7 +2,7 @@
 
 :class:`ServingHandler` is gunicorn's gevent handler plus what the product needs of its server:
 requests that are not valid HTTP get the contract's JSON error (gevent answers an empty 400 or
-414), and at shutdown a connection idle between requests is ended (see ``serving.worker``).
+414), a chunked body is read by the strict ``serving.chunked.ChunkedInput``, and at shutdown a connection idle between requests is ended (see ``serving.worker``).
 
 The optimisation, a mixin the worker puts in front of it unless switched off
 (``SERVING_OPTIMISATIONS``, see ``serving.options``):
@@ -246,7 +246,8 @@ class IdleConnections:
 
 
 class ServingHandler(PyWSGIHandler):  # type: ignore[misc]
-    """gunicorn's gevent handler with JSON errors for invalid HTTP and idle-connection closing."""
+    """gunicorn's gevent handler with JSON errors for invalid HTTP, a strict chunked-body reader
+    and idle-connection closing."""
 
     idle_connections = IdleConnections()  # the worker gives each handler class its own
     served = False  # a connection is idle only between requests, never before its first
@@ -273,6 +274,18 @@ class ServingHandler(PyWSGIHandler):  # type: ignore[misc]
         except Exception as ex:  # gevent answers every one with 400; say why in the JSON error
             self.client_error = str(ex) or type(ex).__name__
             raise
+
+    def get_environ(self) -> dict[str, Any]:
+        """gevent's environ, a chunked body read by the strict :class:`ChunkedInput`."""
+        env: dict[str, Any] = super().get_environ()
+        given = self.wsgi_input
+        if given.chunked_input:
+            from serving.chunked import ChunkedInput
+
+            self.wsgi_input = ChunkedInput(self.rfile, None, socket=given.socket, chunked_input=True)
+            if env["wsgi.input"] is given:  # not an upgraded connection, which reads rfile itself
+                env["wsgi.input"] = self.wsgi_input
+        return env
 
     def handle_one_request(self) -> Any:
         result = super().handle_one_request()

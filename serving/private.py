@@ -41,6 +41,17 @@ NAMES = (
         "get_environ() uses typeheader, getheader() and the 'Name: value\\r\\n' lines of headers",
     ),
     PrivateName(
+        "Input(rfile, content_length, socket, chunked_input): _chunked_read, _send_100_continue, "
+        "_chunked_input_error, _discard; _InvalidClientInput; WSGIHandler.wsgi_input",
+        "gevent", "chunked.ChunkedInput, handler.ServingHandler.get_environ",
+        "get_environ() puts the request's Input in self.wsgi_input and environ['wsgi.input']; "
+        "read() and readline() of a chunked body go through _chunked_read(length, use_readline); "
+        "_send_100_continue() answers 'Expect: 100-continue' once; after the response the handler "
+        "calls wsgi_input._discard(), which reads an unread body to its end unless "
+        "_chunked_input_error is set; an _InvalidClientInput escaping there is a 400 and a closed "
+        "connection",
+    ),
+    PrivateName(
         "MessageClass result: items()", "gunicorn", "handler.RequestHeaders",
         "PyWSGIHandler.log_request() passes headers.items() to the access log",
     ),

@@ -125,6 +125,43 @@ def check_message_class_protocol() -> None:
     assert exchange(app, kept_open, Ours).count(b"HTTP/1.1 200") == 2  # Connection read by get()
 
 
+def check_chunked_input() -> None:
+    from serving.chunked import ChunkedInput
+    from serving.handler import handler_class
+
+    seen: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        stream = environ["wsgi.input"]
+        seen.append(type(stream))
+        if environ["PATH_INFO"] == "/line":
+            seen.append([stream.readline(), stream.read()])
+        elif environ["PATH_INFO"] == "/read":
+            seen.append(stream.read())
+        start_response("200 OK", [("Content-Length", "0")])
+        return [b""]
+
+    ours = handler_class(frozenset())
+    head = b"POST /%s HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n%s\r\n"
+    body = b"3\r\na\nb\r\n2\r\ncd\r\n0\r\n\r\n"
+    answer = exchange(app, head % (b"read", b"Expect: 100-continue\r\nConnection: close\r\n") + body,
+                      ours, AccessLog())
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"), answer
+    assert seen == [ChunkedInput, b"a\nbcd"]
+    answer = exchange(app, head % (b"line", b"Connection: close\r\n") + body, ours, AccessLog())
+    assert answer.startswith(b"HTTP/1.1 200") and seen[-1] == [b"a\n", b"bcd"]
+    # an unread body is read to its end (_discard), so the next request on the connection is served
+    answer = exchange(app, head % (b"skip", b"") + body + head % (b"read", b"Connection: close\r\n")
+                      + body, ours, AccessLog())
+    assert answer.count(b"HTTP/1.1 200") == 2 and seen[-1] == b"a\nbcd"
+    # a bad chunk found while discarding (the answer already sent): _InvalidClientInput ends
+    # the connection, and what follows it is not read as a request (exchange reads to the close)
+    answer = exchange(app, head % (b"skip", b"") + b"3;a\nb\r\nabc\r\n0\r\n\r\n"
+                      + head % (b"read", b"") + body, ours, AccessLog())
+    assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1") == 1, answer
+    assert seen[-1] is ChunkedInput  # the second request never reached the app
+
+
 def check_items_for_gunicorns_access_log() -> None:
     class Ours(PyWSGIHandler):  # type: ignore[misc]
         MessageClass = RequestHeaders
@@ -231,6 +268,8 @@ IN_PROCESS: dict[str, Callable[[], None]] = {
     "MessageClass(rfile, 0) result: .status, get(), getheader(), typeheader, headers":
         check_message_class_protocol,
     "MessageClass result: items()": check_items_for_gunicorns_access_log,
+    "Input(rfile, content_length, socket, chunked_input): _chunked_read, _send_100_continue, "
+    "_chunked_input_error, _discard; _InvalidClientInput; WSGIHandler.wsgi_input": check_chunked_input,
     "workers.ggevent.PyWSGIHandler": check_gunicorn_pywsgi_handler,
 }
 UNDER_GUNICORN: dict[str, list[Callable[[Path], None]]] = {
