@@ -5,7 +5,9 @@
 Everything is measured side by side in one run, interleaved in rounds, medians reported:
 - CPU per forwarded request (router with one worker, and with two, the default, vs nginx in front
   of the same v1 service, wrk, 4 connections), the ratios paired per round with their spread, and
-  the share of direct throughput each keeps;
+  the share of direct throughput each keeps; for two workers, the rounds split by whether wrk's
+  connections landed on both workers or on one, with the model service's own CPU per request in
+  each (the machine's cores shared by wrk, the model service and the router's workers);
 - p50 added latency at concurrency 1 (router minus direct, wrk);
 - client p50 with 100% shadow to a candidate that sleeps 200 ms, against shadow off.
 """
@@ -29,6 +31,20 @@ def _cpu_per_request(proc: Proc, url: str, body: bytes, seconds: float) -> tuple
     rps = wrk(url, body, seconds)
     spent = proc.cpu_seconds() - before
     return rps, spent / (rps * seconds)
+
+
+def _two_worker_round(proc: Proc, upstream: Proc, url: str, body: bytes,
+                      seconds: float) -> tuple[float, float, float, bool]:
+    """One round of the two-worker router: (rps, its CPU/request, the upstream's CPU/request,
+    whether both workers served: the busier one spent under 90 % of the workers' CPU)."""
+    before, up_before = proc.cpu_by_process(), upstream.cpu_seconds()
+    rps = wrk(url, body, seconds)
+    after, up_spent = proc.cpu_by_process(), upstream.cpu_seconds() - up_before
+    spent = sorted((after[pid] - before.get(pid, 0.0) for pid in after), reverse=True)
+    workers = spent[:2]  # the master barely runs
+    both = sum(workers) > 0 and workers[0] < 0.9 * sum(workers)
+    requests_ = rps * seconds
+    return rps, sum(spent) / requests_, up_spent / requests_, both
 
 
 def _patch(url: str, **fields: Any) -> None:
@@ -60,12 +76,14 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
         results: dict[str, list[tuple[float, float]]] = {
             "direct": [], "nginx": [], "router": [], "router2": []}
+        split: list[tuple[float, float, float, bool]] = []
         for _ in range(rounds):
             results["direct"].append(_cpu_per_request(v1, v1.url, body, seconds))
             if ngx is not None:
                 results["nginx"].append(_cpu_per_request(ngx, ngx.url, body, seconds))
             results["router"].append(_cpu_per_request(rt, rt.url, body, seconds))
-            results["router2"].append(_cpu_per_request(rt2, rt2.url, body, seconds))
+            split.append(_two_worker_round(rt2, v1, rt2.url, body, seconds))
+            results["router2"].append(split[-1][:2])
         rps = {k: median([r for r, _ in v]) for k, v in results.items() if v}
         cpu = {k: median([c for _, c in v]) for k, v in results.items() if v}
         rows.append({"measure": "direct to v1: throughput (wrk -c4)", "value": f"{rps['direct']:.0f} req/s"})
@@ -87,6 +105,16 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 rows.append({"measure": f"{label} CPU / nginx CPU, median (min-max of {rounds} rounds)",
                              "value": f"{ratio:.1f}x ({min(ratios):.1f}-{max(ratios):.1f})",
                              "target": "<= 5x", "verdict": "PASS" if ratio <= 5 else "FAIL"})
+
+        for both, label in ((False, "one worker served every connection"),
+                            (True, "both workers served")):
+            chosen = [r for r in split if r[3] is both]
+            value = (f"{len(chosen)} of {rounds} rounds" + (
+                f": {median([r[0] for r in chosen]):.0f} req/s, router {median([r[1] for r in chosen]) * 1e3:.3f}"
+                f" ms, model service {median([r[2] for r in chosen]) * 1e3:.3f} ms" if chosen else ""))
+            rows.append({"measure": f"router (2 workers), rounds where {label}: throughput, CPU "
+                                    "per request of the router and of the model service behind it",
+                         "value": value})
 
         # c=1 latencies by wrk (a C client: only the servers and the network are measured),
         # direct and through the router in alternation, medians over the rounds.

@@ -127,14 +127,18 @@ class Proc:
         return found
 
     def cpu_seconds(self) -> float:
-        total = 0
+        return sum(self.cpu_by_process().values())
+
+    def cpu_by_process(self) -> dict[int, float]:
+        """CPU seconds (user and system) of this process and each descendant, by PID."""
+        spent = {}
         for pid in self.pids():
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except FileNotFoundError:
                 continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / CLK_TCK
+            spent[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+        return spent
 
     def stop(self) -> None:
         if self.proc.poll() is None:
