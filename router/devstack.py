@@ -3,12 +3,12 @@
 The admin tokens and the feedback token are kept across runs in ``var/tokens.env`` (mode 0600),
 so the printed ``export ...`` line stays valid as long as the routing state in ``var/`` does;
 ``ROUTER_ADMIN_TOKEN``, ``MODEL_ADMIN_TOKEN`` and ``ROUTER_FEEDBACK_TOKEN`` in the environment
-take precedence. With the feedback token set, the router keeps each answer for ``POST /feedback``. The router
-gets the model services' token as ``ROUTER_MODEL_ADMIN_TOKEN``, so every strategy works, including
-``release-in-place``. ``MODEL_ACCESS_TOKEN`` and ``METRICS_TOKEN`` are not set unless the environment
-sets them; a ``MODEL_ACCESS_TOKEN`` given there also becomes the router's
-``ROUTER_MODEL_ACCESS_TOKEN``. ``DEVSTACK_PORT=P`` moves the three servers to P, P+1 and P+2 (``0``: any free
-ports). Ctrl-C, SIGTERM or SIGHUP stops each server once with SIGTERM; a second signal while they
+take precedence. With the feedback token set, the router keeps each answer for ``POST /feedback``.
+The router gets the model services' token as ``ROUTER_MODEL_ADMIN_TOKEN``, so every strategy
+works, including ``release-in-place``. ``MODEL_ACCESS_TOKEN`` and ``METRICS_TOKEN`` are not set
+unless the environment sets them; a ``MODEL_ACCESS_TOKEN`` given there also becomes the router's
+``ROUTER_MODEL_ACCESS_TOKEN``. ``DEVSTACK_PORT=P`` moves the three servers to P, P+1 and P+2
+(``0``: any free ports). Ctrl-C, SIGTERM or SIGHUP stops each server once with SIGTERM; a second signal while they
 stop only says that they are stopping.
 
     $ DEVSTACK_PORT=9000 python -m router.devstack

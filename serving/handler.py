@@ -2,7 +2,8 @@
 
 :class:`ServingHandler` is gunicorn's gevent handler plus what the product needs of its server:
 requests that are not valid HTTP get the contract's JSON error (gevent answers an empty 400 or
-414), a chunked body is read by the strict ``serving.chunked.ChunkedInput``, and at shutdown a connection idle between requests is ended (see ``serving.worker``).
+414), a chunked body is read by the strict ``serving.chunked.ChunkedInput``, and at shutdown a
+connection idle between requests is ended (see ``serving.worker``).
 
 The optimisation, a mixin the worker puts in front of it unless switched off
 (``SERVING_OPTIMISATIONS``, see ``serving.options``):
@@ -27,6 +28,8 @@ from collections.abc import Collection, Iterator
 from typing import Any
 
 from gunicorn.workers.ggevent import PyWSGIHandler
+
+from serving.chunked import ChunkedInput
 
 MAX_LINE = 65536
 MAX_HEADERS = 100
@@ -280,8 +283,6 @@ class ServingHandler(PyWSGIHandler):  # type: ignore[misc]
         env: dict[str, Any] = super().get_environ()
         given = self.wsgi_input
         if given.chunked_input:
-            from serving.chunked import ChunkedInput
-
             self.wsgi_input = ChunkedInput(self.rfile, None, socket=given.socket, chunked_input=True)
             if env["wsgi.input"] is given:  # not an upgraded connection, which reads rfile itself
                 env["wsgi.input"] = self.wsgi_input
