@@ -262,10 +262,6 @@ class RolloutController:
     def _commit(self, rollout: dict[str, Any], step: Step, now: float) -> Snapshot:
         """Record ``step`` as one compare-and-set, unless the rollout moved on meanwhile."""
         verdict = step.verdict
-        if verdict is not None:
-            self.metrics.rollout_decisions.labels(decision=verdict.decision).inc()
-        if step.decision is not None:
-            self.metrics.rollout_decisions.labels(decision=step.decision).inc()
         if step.action == "abort":
             log.warning("rollout %s aborted: %s", rollout.get("id"), (step.detail or {}).get("why"))
         evidence = verdict.evidence() if verdict is not None else {}
@@ -286,10 +282,16 @@ class RolloutController:
             return Snapshot(snap.config_version, routing, doc)
 
         try:
-            return self.live.change(mutate, actor=ACTOR, action=f"rollout.{step.action}", reason=None,
+            snap = self.live.change(mutate, actor=ACTOR, action=f"rollout.{step.action}", reason=None,
                                     evidence=orjson.loads(orjson.dumps(entry)))
-        except Skip:
+        except Skip:  # an operator paused, resumed or ended it meanwhile: nothing was decided
             return self.live.current
+        # counted once recorded, so the counter and the rollout's decisions agree
+        if verdict is not None:
+            self.metrics.rollout_decisions.labels(decision=verdict.decision).inc()
+        if step.decision is not None:
+            self.metrics.rollout_decisions.labels(decision=step.decision).inc()
+        return snap
 
     def _slot_moved(self, rollout: dict[str, Any], now: float) -> str | None:
         """Why the rollout cannot go on: a slot now serves another version than it recorded.
