@@ -170,9 +170,9 @@ class DriftMonitor:
                 joined = np.concatenate(batch) if len(batch) > 1 else batch[0]
                 parts: list[Any] = [joined[first:first + step]
                                     for first in range(0, len(joined), step)]
-            else:  # DataFrames: joining many small ones costs more than binning each
-                parts = [inputs[first:first + step] for inputs in batch
-                         for first in range(0, len(inputs), step)]
+            else:  # DataFrames: their binned columns joined, cheaper than a frame at a time
+                columns = reference.columns_of(batch)
+                parts = [columns[first:first + step] for first in range(0, len(columns), step)]
             for n, part in enumerate(parts, 1):
                 counts = reference.counts(part)
                 tracked.window.add(counts, len(part))

@@ -161,10 +161,21 @@ class Reference:
         flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return np.bincount(flat, minlength=self.bins)
 
+    def columns_of(self, frames: list[pd.DataFrame]) -> Columns:
+        """The binned columns of many frames (requests) joined end to end, as ``counts`` reads a
+        frame: binning them at once costs a few numpy calls, not a few per frame."""
+        numbers = {name: np.concatenate([f[name].to_numpy(dtype=np.float64, na_value=np.nan)
+                                         for f in frames]) for name in self._numeric_names}
+        others = {name: np.concatenate([f[name].to_numpy() for f in frames])
+                  for _, _, name, *_ in self._categorical}
+        return Columns({**numbers, **others}, sum(len(f) for f in frames))
+
     def _numbers(self, inputs: Any) -> np.ndarray:
         if isinstance(inputs, np.ndarray):
             matrix = inputs if self._whole_matrix else inputs[:, self._numeric_positions]
             return matrix if matrix.dtype == np.float64 else matrix.astype(np.float64)
+        if isinstance(inputs, Columns):
+            return np.column_stack([inputs.arrays[name] for name in self._numeric_names])
         return np.column_stack([inputs[name].to_numpy(dtype=np.float64, na_value=np.nan)
                                 for name in self._numeric_names])
 
@@ -172,7 +183,25 @@ class Reference:
     def _column(inputs: Any, j: int, name: str) -> np.ndarray:
         if isinstance(inputs, np.ndarray):
             return inputs[:, j]
+        if isinstance(inputs, Columns):
+            return inputs.arrays[name]
         return inputs[name].to_numpy()
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Binned columns by name (numbers as float64 with NaN), ``rows`` long: what
+    :meth:`Reference.columns_of` joins; sliced by rows like an array."""
+
+    arrays: Mapping[str, np.ndarray]
+    rows: int
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, rows: slice) -> Columns:
+        arrays = {name: values[rows] for name, values in self.arrays.items()}
+        return Columns(arrays, len(range(*rows.indices(self.rows))))
 
 
 def _reference_column(column: Column, values: np.ndarray) -> ColumnReference:

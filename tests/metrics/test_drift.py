@@ -130,6 +130,34 @@ def test_binning_of_every_column_type_matches_the_bins_by_hand() -> None:
     assert by_label["plan:b"] == 1 and sum(counts) == 2 * 3
 
 
+def test_frames_joined_column_by_column_bin_as_each_frame_does() -> None:
+    """Requests (frames) are binned together; the counts are the sum of each frame's counts,
+    for every column type, missing values and unseen categories, whole and by row slices."""
+    schema = InputSchema((Column("n", "integer", nullable=True), Column("x", "number"),
+                          Column("flag", "boolean"),
+                          Column("plan", "category", nullable=True, categories=("a", "b"))),
+                         frame=True)
+    rng = np.random.default_rng(7)
+
+    def frame(rows: int) -> pd.DataFrame:
+        n = rng.integers(0, 9, rows).astype(np.float64)
+        n[rng.random(rows) < 0.2] = np.nan
+        plan = rng.choice(np.array(["a", "b", "zzz", None], dtype=object), rows)
+        return schema.frame_of({"n": n, "x": rng.standard_normal(rows),
+                                "flag": rng.random(rows) < 0.5,
+                                "plan": np.array([np.nan if p is None else p for p in plan],
+                                                 dtype=object)})
+
+    reference = build_reference(schema, frame(400))
+    frames = [frame(int(rows)) for rows in rng.integers(1, 6, 30)]
+    joined = reference.columns_of(frames)
+    assert len(joined) == sum(len(f) for f in frames)
+    expected = sum(reference.counts(f) for f in frames)
+    assert reference.counts(joined).tolist() == expected.tolist()
+    by_slices = sum(reference.counts(joined[first:first + 7]) for first in range(0, len(joined), 7))
+    assert by_slices.tolist() == expected.tolist()
+
+
 # -- the sliding window ---------------------------------------------------------------------------
 
 
