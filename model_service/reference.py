@@ -140,6 +140,8 @@ class Reference:
 
     def counts(self, inputs: Any) -> np.ndarray:
         """Rows per bin, every column's bins end to end (``starts`` says where each begins)."""
+        if isinstance(inputs, pd.DataFrame):
+            inputs = self.columns_of([inputs])
         parts = []
         if len(self._numeric):
             values = self._numbers(inputs)
@@ -174,10 +176,7 @@ class Reference:
         if isinstance(inputs, np.ndarray):
             matrix = inputs if self._whole_matrix else inputs[:, self._numeric_positions]
             return matrix if matrix.dtype == np.float64 else matrix.astype(np.float64)
-        if isinstance(inputs, Columns):
-            return np.column_stack([inputs.arrays[name] for name in self._numeric_names])
-        return np.column_stack([inputs[name].to_numpy(dtype=np.float64, na_value=np.nan)
-                                for name in self._numeric_names])
+        return np.column_stack([inputs.arrays[name] for name in self._numeric_names])
 
     @staticmethod
     def _column(inputs: Any, j: int, name: str) -> np.ndarray:
@@ -185,7 +184,7 @@ class Reference:
             return inputs[:, j]
         if isinstance(inputs, Columns):
             return inputs.arrays[name]
-        return inputs[name].to_numpy()
+        return inputs[name].to_numpy()  # a DataFrame of evaluation rows (build_reference)
 
 
 @dataclass(frozen=True)
