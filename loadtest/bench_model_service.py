@@ -140,14 +140,16 @@ def _inference_totals(url: str, version: str) -> tuple[float, float]:
     """(seconds, calls) of the service's ``model_inference_duration_seconds`` for ``version``:
     the time its pipeline took inside the server, as the service measures it."""
     import requests
+    from prometheus_client.parser import text_string_to_metric_families
 
-    text = requests.get(url + "/metrics", timeout=10).text
-    found = {}
-    for line in text.splitlines():
-        for part in ("sum", "count"):
-            if line.startswith(f'model_inference_duration_seconds_{part}{{version="{version}"}}'):
-                found[part] = float(line.rsplit(" ", 1)[1])
-    return found.get("sum", 0.0), found.get("count", 0.0)
+    found = {"sum": 0.0, "count": 0.0}
+    for family in text_string_to_metric_families(requests.get(url + "/metrics", timeout=10).text):
+        if family.name == "model_inference_duration_seconds":
+            for sample in family.samples:
+                part = sample.name.rsplit("_", 1)[1]
+                if part in found and sample.labels.get("version") == version:
+                    found[part] = sample.value
+    return found["sum"], found["count"]
 
 
 def _quantiles(times: list[float]) -> tuple[float, float]:
