@@ -2,11 +2,13 @@
 
     python -m loadtest.bench_serving [--quick]
 
-One model service (v1, one worker) per configuration, all at once: the worker class as is, with
-each optimisation switched off in turn (``SERVING_OPTIMISATIONS=-name``), and with none. Each
-round measures every configuration back to back in a rotating order: CPU per request under wrk
-(4 connections, ``POST /predict`` of one row; CPU of the server's processes, as
-``bench_router`` counts it) and p50 at concurrency 1 (wrk). Reported: the median over the
+Both services run on the worker class, so both are measured: one model service (v1, one worker)
+per configuration, all at once: the worker class as is, with each optimisation switched off in
+turn (``SERVING_OPTIMISATIONS=-name``), and with none; then one router (one worker) per
+configuration, all forwarding to one model service as is. Each round measures every
+configuration back to back in a rotating order: CPU per request under wrk (4 connections,
+``POST /predict`` of one row; CPU of the server's processes, as ``bench_router`` counts it) and
+p50 at concurrency 1 (wrk). Reported: the median over the
 rounds with the range, and the cost of switching an item off as the median of its per-round
 ratios to the configuration as is (paired, so a drift of the machine's speed cancels). An item
 pays when switching it off cost CPU in every round.
@@ -18,7 +20,7 @@ import argparse
 
 from loadtest.bench_router import _cpu_per_request
 from loadtest.harness import (
-    Proc, ensure_artifacts, free_port, median, model_service, sample_body, start_together,
+    Proc, ensure_artifacts, free_port, median, model_service, router, sample_body, start_together,
     stop_together, wrk, wrk_latency,
 )
 from serving.handler import OPTIMISATIONS
@@ -31,18 +33,31 @@ def configurations() -> dict[str, str]:
     return {AS_IS: "all", **{f"-{name}": f"-{name}" for name in OPTIMISATIONS}, "none": "none"}
 
 
-def measure(quick: bool = False) -> dict[str, dict[str, list[float]]]:
-    """Per configuration: per-round CPU seconds per request and p50 seconds."""
+ROLES = ("model service", "router")
+
+
+def measure(role: str, quick: bool = False) -> dict[str, dict[str, list[float]]]:
+    """Per configuration of ``role``'s server: per-round CPU seconds per request and p50 seconds."""
     ensure_artifacts()
     rounds, seconds, lat_seconds = (3, 1, 1) if quick else (7, 3, 2)
     body = sample_body(1)
     configs = configurations()
     procs: list[Proc] = []
+    upstream: list[Proc] = []
     try:
-        procs = start_together(*[
-            (lambda value=value: model_service("v1", free_port(), workers=1, SERVING_OPTIMISATIONS=value))
-            for value in configs.values()
-        ])
+        if role == "router":
+            upstream = [model_service("v1", free_port(), workers=1)]
+            procs = start_together(*[
+                (lambda value=value: router(free_port(), {"v1": upstream[0].url}, workers=1,
+                                            SERVING_OPTIMISATIONS=value))
+                for value in configs.values()
+            ])
+        else:
+            procs = start_together(*[
+                (lambda value=value: model_service("v1", free_port(), workers=1,
+                                                   SERVING_OPTIMISATIONS=value))
+                for value in configs.values()
+            ])
         servers = dict(zip(configs, procs, strict=True))
         for proc in procs:  # warm up: imports, first predictions, connection set-up
             wrk(proc.url, body, 1)
@@ -56,17 +71,18 @@ def measure(quick: bool = False) -> dict[str, dict[str, list[float]]]:
             for name in order:
                 results[name]["p50"].append(wrk_latency(servers[name].url, "/predict", body, lat_seconds)[0])
     finally:
-        stop_together(procs, quick=True)
+        stop_together(procs + upstream, quick=True)
     return results
 
 
-def rows(results: dict[str, dict[str, list[float]]]) -> list[dict[str, str]]:
+def rows(role: str, results: dict[str, dict[str, list[float]]]) -> list[dict[str, str]]:
     base = results[AS_IS]
     out = []
     for name, got in results.items():
         cpu_ratios = [off / on for off, on in zip(got["cpu"], base["cpu"], strict=True)]
         p50_ratios = [off / on for off, on in zip(got["p50"], base["p50"], strict=True)]
         row = {
+            "server": role,
             "configuration": name,
             "CPU/request ms, median (range)": _span(got["cpu"], 1e3, 3),
             "CPU vs as is, median (range)": "" if name == AS_IS else _ratios(cpu_ratios),
@@ -100,7 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
     args = parser.parse_args()
-    print(table(rows(measure(quick=args.quick))))
+    print(table([row for role in ROLES for row in rows(role, measure(role, quick=args.quick))]))
 
 
 if __name__ == "__main__":

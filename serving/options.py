@@ -1,13 +1,13 @@
 """Which of the worker's optimisations are on: ``SERVING_OPTIMISATIONS``, read and checked at start.
 
 Unset or ``all``: every one (the product's setting). ``none``: none, gunicorn's gevent handler as
-it is. A comma-separated list of names: only those; of ``-name`` items: all but those. One exists
-now, ``header_reader``; it is also the reader that refuses header bytes RFC 9110 does not allow,
-so switching it off is for measuring only. The benchmark (``loadtest/bench_serving.py``) switches
+it is. A comma-separated list of names: only those; of ``-name`` items: all but those. Two exist,
+``header_reader`` and ``one_write``; the header reader is also the reader that refuses header
+bytes RFC 9110 does not allow, so switching it off is for measuring only. The benchmark (``loadtest/bench_serving.py``) switches
 each off in turn to show what it is worth.
 
     >>> sorted(optimisations({"SERVING_OPTIMISATIONS": "-header_reader"}))
-    []
+    ['one_write']
 """
 
 from __future__ import annotations
@@ -37,5 +37,5 @@ def optimisations(env: Mapping[str, str]) -> frozenset[str]:
     negated = [item.startswith("-") for item in items]
     if any(negated) and not all(negated):
         raise ConfigError(f"{VARIABLE}={raw!r} mixes names and -names; give the ones to switch on "
-                          "(header_reader) or the ones to switch off (-header_reader)")
+                          "(header_reader,one_write) or the ones to switch off (-one_write)")
     return known - set(names) if all(negated) else frozenset(names)

@@ -7,7 +7,7 @@ new release, then update ``CHECKED`` and the row.
 
 Documented seams are not listed: gunicorn's ``worker_class`` setting and ``Worker.init_process`` /
 ``load_wsgi`` / ``run``; gevent's ``WSGIServer.handler_class``, ``WSGIHandler.read_requestline``,
-``read_request``, ``handle_one_request`` (its return values) and ``MessageClass``.
+``read_request``, ``handle_one_request`` (its return values), ``write`` and ``MessageClass``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,30 @@ class PrivateName:
 
 NAMES = (
     PrivateName(
-        "WSGIHandler.socket", "gevent", "handler.ServingHandler",
-        "the connection's socket: its fileno() tells how many bytes wait unread",
+        "WSGIHandler.finalize_headers()", "gevent", "handler.OneWrite",
+        "called once before the head is written: appends Date (unless the application gave one) "
+        "and Content-Length (for a sized result) to response_headers, or decides on chunked framing",
+    ),
+    PrivateName(
+        "WSGIHandler.status, .response_headers", "gevent", "handler.OneWrite",
+        "after start_response: the status line as latin-1 bytes and the headers as (bytes, bytes) "
+        "pairs, in order; the head is these, serialised as gevent does",
+    ),
+    PrivateName(
+        "WSGIHandler.headers_sent", "gevent", "handler.OneWrite",
+        "false until the head is out; write() sends only body bytes once it is true",
+    ),
+    PrivateName(
+        "WSGIHandler.response_use_chunked", "gevent", "handler.OneWrite",
+        "set by finalize_headers(); when true, write() frames each body chunk",
+    ),
+    PrivateName(
+        "WSGIHandler.response_length, .code", "gevent", "handler.OneWrite",
+        "bytes sent for the access log; the numeric status, made negative on a failed send",
+    ),
+    PrivateName(
+        "WSGIHandler.socket", "gevent", "handler.ServingHandler, handler.OneWrite",
+        "the connection's socket: its fileno() tells how many bytes wait unread; send() and sendall() send",
     ),
     PrivateName(
         "MessageClass(rfile, 0) result: .status, get(), getheader(), typeheader, headers",

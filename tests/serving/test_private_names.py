@@ -8,7 +8,7 @@ subprocess. A failure here after an upgrade names the row of ``serving.private``
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,76 @@ def plain(body: Any = (b"hello",), headers: tuple[tuple[str, str], ...] = ()) ->
     return app
 
 
-def check_socket() -> None:
+GET = b"GET /x?y=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+
+
+class Recording(pywsgi.WSGIHandler):
+    """gevent's handler, recording its response state around the first write."""
+
+    seen: list[dict[str, Any]] = []
+
+    def write(self, data: bytes) -> None:
+        before = {"headers_sent": self.headers_sent, "status": self.status,
+                  "code": self.code, "headers": list(self.response_headers)}
+        super().write(data)
+        self.seen.append({"before": before, "headers_sent": self.headers_sent,
+                          "headers": list(self.response_headers),
+                          "chunked": self.response_use_chunked, "length": self.response_length})
+
+    def finalize_headers(self) -> None:
+        super().finalize_headers()
+        self.seen.append({"finalized": list(self.response_headers), "chunked": self.response_use_chunked})
+
+    def log_request(self) -> None:
+        self.seen.append({"logged_length": self.response_length, "code": self.code})
+
+
+@pytest.fixture
+def seen() -> Iterator[list[dict[str, Any]]]:
+    Recording.seen = []
+    yield Recording.seen
+
+
+def check_finalize_headers(seen: list[dict[str, Any]]) -> None:
+    exchange(plain(), GET, Recording)
+    [finalized] = [s for s in seen if "finalized" in s]
+    names = [name for name, _ in finalized["finalized"]]
+    assert names[0] == b"Content-Type" and b"Date" in names
+    assert (b"Content-Length", b"5") in finalized["finalized"] and finalized["chunked"] is False
+    seen.clear()
+    exchange(plain(headers=(("Date", "Tue, 01 Jan 2030 00:00:00 GMT"),)), GET, Recording)
+    [finalized] = [s for s in seen if "finalized" in s]
+    assert [name for name, _ in finalized["finalized"]].count(b"Date") == 1  # the application's
+
+
+def check_status_and_response_headers(seen: list[dict[str, Any]]) -> None:
+    exchange(plain(headers=(("X-A", "b"),)), GET, Recording)
+    before = seen[-2]["before"]
+    assert before["status"] == b"200 OK"
+    assert before["headers"] == [(b"Content-Type", b"text/plain"), (b"X-A", b"b")]
+
+
+def check_headers_sent(seen: list[dict[str, Any]]) -> None:
+    exchange(plain((b"one", b"two")), GET, Recording)
+    writes = [s for s in seen if "before" in s]
+    assert [w["before"]["headers_sent"] for w in writes] == [False, True]
+    assert all(w["headers_sent"] for w in writes)
+
+
+def check_response_use_chunked(seen: list[dict[str, Any]]) -> None:
+    answer = exchange(plain(lambda: iter([b"abc"])), GET, Recording)  # no length known
+    [finalized] = [s for s in seen if "finalized" in s]
+    assert finalized["chunked"] is True and (b"Transfer-Encoding", b"chunked") in finalized["finalized"]
+    assert answer.endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n")  # write() framed the chunk
+
+
+def check_response_length_and_code(seen: list[dict[str, Any]]) -> None:
+    answer = exchange(plain(), GET, Recording)
+    [logged] = [s for s in seen if "logged_length" in s]
+    assert logged == {"logged_length": len(answer), "code": 200}
+
+
+def check_socket(seen: list[dict[str, Any]]) -> None:
     peers: list[Any] = []
 
     class Peer(pywsgi.WSGIHandler):
@@ -97,7 +166,7 @@ def check_socket() -> None:
         wait_until(lambda: unread_bytes(right) == 5, timeout=5)
 
 
-def check_message_class_protocol() -> None:
+def check_message_class_protocol(seen: list[dict[str, Any]]) -> None:
     received: list[tuple[Any, ...]] = []
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
@@ -125,7 +194,7 @@ def check_message_class_protocol() -> None:
     assert exchange(app, kept_open, Ours).count(b"HTTP/1.1 200") == 2  # Connection read by get()
 
 
-def check_chunked_input() -> None:
+def check_chunked_input(_seen: list[dict[str, Any]]) -> None:
     from serving.chunked import ChunkedInput
     from serving.handler import handler_class
 
@@ -162,7 +231,7 @@ def check_chunked_input() -> None:
     assert seen[-1] is ChunkedInput  # the second request never reached the app
 
 
-def check_items_for_gunicorns_access_log() -> None:
+def check_items_for_gunicorns_access_log(_seen: list[dict[str, Any]]) -> None:
     class Ours(PyWSGIHandler):  # type: ignore[misc]
         MessageClass = RequestHeaders
 
@@ -173,7 +242,7 @@ def check_items_for_gunicorns_access_log() -> None:
     assert resp.status == "200 OK"
 
 
-def check_gunicorn_pywsgi_handler() -> None:
+def check_gunicorn_pywsgi_handler(seen: list[dict[str, Any]]) -> None:
     environs: list[dict[str, Any]] = []
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
@@ -263,7 +332,12 @@ class _served:
         self.server.stop()
 
 
-IN_PROCESS: dict[str, Callable[[], None]] = {
+IN_PROCESS: dict[str, Callable[[list[dict[str, Any]]], None]] = {
+    "WSGIHandler.finalize_headers()": check_finalize_headers,
+    "WSGIHandler.status, .response_headers": check_status_and_response_headers,
+    "WSGIHandler.headers_sent": check_headers_sent,
+    "WSGIHandler.response_use_chunked": check_response_use_chunked,
+    "WSGIHandler.response_length, .code": check_response_length_and_code,
     "WSGIHandler.socket": check_socket,
     "MessageClass(rfile, 0) result: .status, get(), getheader(), typeheader, headers":
         check_message_class_protocol,
@@ -285,8 +359,10 @@ def test_every_listed_name_has_a_check() -> None:
 
 
 @pytest.mark.parametrize("name", list(IN_PROCESS))
-def test_gevent_and_gunicorn_handler_names_behave_as_relied_on(name: str) -> None:
-    IN_PROCESS[name]()
+def test_gevent_and_gunicorn_handler_names_behave_as_relied_on(
+    name: str, seen: list[dict[str, Any]]
+) -> None:
+    IN_PROCESS[name](seen)
 
 
 @pytest.mark.parametrize(
