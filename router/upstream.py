@@ -64,15 +64,18 @@ class UpstreamResponse:
 
 def end_to_end(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Drop hop-by-hop headers, every header that Connection names, and credentials."""
-    headers = list(headers)
-    named = {
-        token.strip().lower()
-        for name, value in headers
-        if name.lower() == "connection"
-        for token in value.split(",")
-    }
-    drop = _NOT_FORWARDED | named
-    return [(n, v) for n, v in headers if n.lower() not in drop and not n.lower().startswith("proxy-")]
+    kept = []
+    named: set[str] = set()
+    for name, value in headers:
+        lower = name.lower()
+        if lower in _NOT_FORWARDED or lower.startswith("proxy-"):
+            if lower == "connection":
+                named.update(token.strip().lower() for token in value.split(","))
+            continue
+        kept.append((name, value))
+    if named:
+        return [(n, v) for n, v in kept if n.lower() not in named]
+    return kept
 
 
 class BadResponse(UpstreamError):
@@ -109,6 +112,27 @@ def _split_head(block: bytes) -> list[str]:
     if text.count("\n") == text.count("\r\n"):
         return text.split("\r\n")
     return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
+# A header block of CRLF-ended ``token:value`` lines, without folding or control bytes: what
+# every well-behaved server sends, checked whole by one pass of the regex engine.
+_PLAIN_FIELDS = re.compile(r"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
+
+
+def _parse_head(block: bytes) -> tuple[str, list[tuple[str, str]]]:
+    """A response head (without its blank line): the status line and the header fields."""
+    text = block.decode("latin-1")
+    if text.endswith("\r"):  # the blank line's search starts at the last line's LF
+        text = text[:-1]
+    status_line, crlf, fields = text.partition("\r\n")
+    if crlf and "\n" not in status_line and _PLAIN_FIELDS.fullmatch(fields + "\r\n"):
+        headers = []
+        for line in fields.split("\r\n"):
+            name, _, value = line.partition(":")
+            headers.append((name, value.strip(" \t")))
+        return status_line, headers
+    lines = _split_head(block)  # bare LFs, folded or malformed lines: read line by line
+    return lines[0], _header_lines(lines[1:])
 
 
 def _header_lines(lines: list[str]) -> list[tuple[str, str]]:
@@ -236,13 +260,12 @@ class Connection:
                     raise ProtocolError("response headers too large")
                 buf += self._more(deadline)
                 continue
-            lines = _split_head(buf[:match.start()])
+            status_line, headers = _parse_head(buf[:match.start()])
             buf = buf[match.end():]
-            status_match = _STATUS_LINE.fullmatch(lines[0])
+            status_match = _STATUS_LINE.fullmatch(status_line)
             if status_match is None:
-                raise ProtocolError(f"bad status line {lines[0]!r}")
+                raise ProtocolError(f"bad status line {status_line!r}")
             status = int(status_match[2])
-            headers = _header_lines(lines[1:])
             length, chunked, close = _framing(headers, status_match[1] == "0")
             if status == 101:
                 raise ProtocolError("the upstream switched protocols; only HTTP/1.1 is spoken here")
