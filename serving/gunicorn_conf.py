@@ -20,7 +20,9 @@ optimisations(os.environ)  # checked here, so a mistake stops the server before 
 wsgi_app = None
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "serving.worker.ServingWorker")
 worker_connections = 1000
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# the role's own default (serving.process.exec_server: the router 1, a model service 2) arrives
+# as --workers, which wins over this
+workers = int(os.environ.get("WEB_CONCURRENCY") or "2")
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 keepalive = 75
 timeout = 30

@@ -9,6 +9,13 @@ import os
 import sys
 import tempfile
 
+# The router's worker processes unless told otherwise. One gevent worker forwards about 8,000
+# requests a second on one core (loadtest/bench_router.py); a second one pays only on a machine
+# whose cores the router has to itself: beside its model services and clients, two router
+# workers sharing a connection load are two more busy processes on the same cores, and every
+# process then does more work per request (more wake-ups, colder caches).
+ROUTER_WORKERS = 1
+
 
 def bind_address(bind: str | None, port: int | None, default_port: int, host: str | None = None) -> str:
     """``--bind`` wins, then ``--port``, then ``$PORT``, then the role's default port.
@@ -37,8 +44,12 @@ def prepare_runtime_dir() -> str:
     return runtime
 
 
-def exec_server(target: str, bind: str, workers: int | None = None) -> None:
-    """Replace this process with gunicorn serving ``target`` (same PID: signals reach it)."""
+def exec_server(target: str, bind: str, workers: int | None = None, default_workers: int = 2) -> None:
+    """Replace this process with gunicorn serving ``target`` (same PID: signals reach it).
+
+    Worker processes: ``workers``, else ``$WEB_CONCURRENCY`` (Heroku's Python buildpack sets it
+    from the dyno size), else the role's ``default_workers``.
+    """
     from common.config import ConfigError
     from serving.options import optimisations
 
@@ -48,6 +59,14 @@ def exec_server(target: str, bind: str, workers: int | None = None) -> None:
         sys.exit(str(err))
     prepare_runtime_dir()
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "--bind", bind]
+    given = os.environ.get("WEB_CONCURRENCY", "").strip()
+    if not given:
+        os.environ.pop("WEB_CONCURRENCY", None)  # set but empty: gunicorn itself would fail on it
+    elif not (given.isascii() and given.isdigit() and int(given) > 0):
+        sys.exit(f"WEB_CONCURRENCY={given!r} is not a number of worker processes: set a whole "
+                 "number of at least 1, or unset it for the default")
+    if workers is None and not given:
+        workers = default_workers
     if workers is not None:
         argv += ["--workers", str(workers)]
     argv.append(target)

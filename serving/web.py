@@ -8,17 +8,18 @@ from __future__ import annotations
 import os
 import sys
 
-from serving.process import bind_address, exec_server
+from serving.process import ROUTER_WORKERS, bind_address, exec_server
 
-ROLES = {"model": ("model_service.wsgi:app", 8001), "router": ("router.wsgi:app", 8000)}
+# role -> (WSGI target, default port, default worker processes)
+ROLES = {"model": ("model_service.wsgi:app", 8001, 2), "router": ("router.wsgi:app", 8000, ROUTER_WORKERS)}
 
 
 def main() -> None:
     role = os.environ.get("APP_ROLE", "").strip()
     if role not in ROLES:
         sys.exit(f"set APP_ROLE to one of: {', '.join(sorted(ROLES))} (got {role!r})")
-    target, default_port = ROLES[role]
-    exec_server(target, bind_address(None, None, default_port))
+    target, default_port, default_workers = ROLES[role]
+    exec_server(target, bind_address(None, None, default_port), default_workers=default_workers)
 
 
 if __name__ == "__main__":

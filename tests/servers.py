@@ -64,16 +64,16 @@ def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.05) ->
 class ServerProcess:
     """A gunicorn-served role (``python -m model_service serve`` or ``python -m router serve``)."""
 
-    def __init__(self, argv: list[str], env: Mapping[str, str], log_path: Path,
+    def __init__(self, argv: list[str], env: Mapping[str, str | None], log_path: Path,
                  ready_path: str = "/ready", port: int = 0) -> None:
         self.sock = listening_socket(port)  # port 0: an ephemeral one
         self.port = int(self.sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        full_env = {**os.environ, **env}
+        full_env = {**os.environ, "WEB_CONCURRENCY": "2", **env}  # None: unset
+        full_env = {name: value for name, value in full_env.items() if value is not None}
         full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         full_env.pop("SERVICE_RUNTIME_DIR", None)
-        full_env.setdefault("WEB_CONCURRENCY", "2")
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, *argv, "--bind", f"fd://{self.sock.fileno()}"],
@@ -125,7 +125,7 @@ class ServerProcess:
 
 
 def model_service(version: str, artifacts: Path, log_dir: Path, port: int = 0,
-                  **env: str) -> ServerProcess:
+                  **env: str | None) -> ServerProcess:
     """Start ``python -m model_service serve --version <version>`` on ``port`` or an ephemeral one."""
     full = {"MODEL_ARTIFACTS": str(artifacts), **env}
     return ServerProcess(
@@ -156,7 +156,7 @@ class InProcessServer:
 
 
 def router(upstreams: Mapping[str, str], log_dir: Path, state_url: str, token: str | None = "admin-secret",
-           port: int = 0, **env: str) -> ServerProcess:
+           port: int = 0, **env: str | None) -> ServerProcess:
     """Start ``python -m router serve`` in front of ``upstreams``, on ``port`` or an ephemeral one."""
     full = {
         "ROUTER_UPSTREAMS": ",".join(f"{k}={v}" for k, v in upstreams.items()),
