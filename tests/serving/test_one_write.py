@@ -54,33 +54,41 @@ def test_the_answer_is_byte_for_byte_gevents(case: tuple[str, list[tuple[str, st
     assert _DATE.sub(b"\r\nDate: -\r\n", ours) == _DATE.sub(b"\r\nDate: -\r\n", theirs)
 
 
+def with_socket_sends(base: type, send: Callable[[Any, Any, bool], Any]) -> type:
+    """``base`` whose connection socket's send() and sendall() go through
+    ``send(real_socket, data, whole)`` (``whole``: it was sendall())."""
+
+    class Wrapped(base):  # type: ignore[valid-type,misc]
+        def handle(self) -> Any:
+            real = self.socket
+
+            class Socket:
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(real, name)
+
+                def send(self, data: Any, *args: Any) -> int:
+                    return int(send(real, data, False))
+
+                def sendall(self, data: Any, *args: Any) -> None:
+                    send(real, data, True)
+
+            self.socket = Socket()
+            return super().handle()
+
+    return Wrapped
+
+
 class Sends:
     """Counts the sends on each connection of a handler class."""
 
     def __init__(self, base: type) -> None:
         self.calls: list[int] = []
-        calls = self.calls
 
-        class Counting(base):  # type: ignore[valid-type,misc]
-            def handle(self) -> Any:
-                real = self.socket
+        def counted(real: Any, data: Any, whole: bool) -> Any:
+            self.calls.append(len(data))
+            return real.sendall(data) if whole else real.send(data)
 
-                class Counted:
-                    def __getattr__(self, name: str) -> Any:
-                        return getattr(real, name)
-
-                    def send(self, data: Any, *args: Any) -> int:
-                        calls.append(len(data))
-                        return real.send(data, *args)  # type: ignore[no-any-return]
-
-                    def sendall(self, data: Any, *args: Any) -> None:
-                        calls.append(len(data))
-                        real.sendall(data, *args)
-
-                self.socket = Counted()
-                return super().handle()
-
-        self.handler = Counting
+        self.handler = with_socket_sends(base, counted)
 
 
 def test_a_short_answer_goes_out_in_one_send_where_gevent_makes_two() -> None:
@@ -123,23 +131,10 @@ def test_a_failed_send_is_recorded_as_gevent_records_it() -> None:
     codes = []
     for optimisations in (frozenset(), frozenset({"one_write"})):
 
-        class Broken(handler_class(optimisations)):  # type: ignore[misc]
-            def handle(self) -> Any:
-                real = self.socket
+        def broken(real: Any, data: Any, whole: bool) -> Any:
+            raise BrokenPipeError(32, "Broken pipe")
 
-                class Failing:
-                    def __getattr__(self, name: str) -> Any:
-                        return getattr(real, name)
-
-                    def send(self, data: Any, *args: Any) -> int:
-                        raise BrokenPipeError(32, "Broken pipe")
-
-                    def sendall(self, data: Any, *args: Any) -> None:
-                        raise BrokenPipeError(32, "Broken pipe")
-
-                self.socket = Failing()
-                return super().handle()
-
+        class Broken(with_socket_sends(handler_class(optimisations), broken)):  # type: ignore[misc]
             def log_request(self) -> None:
                 codes.append(self.code)
 
