@@ -8,10 +8,10 @@ turn (``SERVING_OPTIMISATIONS=-name``), and with none; then one router (one work
 configuration, all forwarding to one model service as is. Each round measures every
 configuration back to back in a rotating order: CPU per request under wrk (4 connections,
 ``POST /predict`` of one row; CPU of the server's processes, as ``bench_router`` counts it) and
-p50 at concurrency 1 (wrk). Reported: the median over the
-rounds with the range, and the cost of switching an item off as the median of its per-round
-ratios to the configuration as is (paired, so a drift of the machine's speed cancels). An item
-pays when switching it off cost CPU in every round.
+p50 at concurrency 1 (wrk). Reported: the median over the rounds with the range, and the cost of
+switching an item off as the median of its per-round ratios to the configuration as is (paired,
+so a drift of the machine's speed cancels). An item pays when switching it off cost CPU in every
+round.
 """
 
 from __future__ import annotations
@@ -47,17 +47,14 @@ def measure(role: str, quick: bool = False) -> dict[str, dict[str, list[float]]]
     try:
         if role == "router":
             upstream = [model_service("v1", free_port(), workers=1)]
-            procs = start_together(*[
-                (lambda value=value: router(free_port(), {"v1": upstream[0].url}, workers=1,
-                                            SERVING_OPTIMISATIONS=value))
-                for value in configs.values()
-            ])
+
+            def start(value: str) -> Proc:
+                return router(free_port(), {"v1": upstream[0].url}, workers=1,
+                              SERVING_OPTIMISATIONS=value)
         else:
-            procs = start_together(*[
-                (lambda value=value: model_service("v1", free_port(), workers=1,
-                                                   SERVING_OPTIMISATIONS=value))
-                for value in configs.values()
-            ])
+            def start(value: str) -> Proc:
+                return model_service("v1", free_port(), workers=1, SERVING_OPTIMISATIONS=value)
+        procs = start_together(*[(lambda value=value: start(value)) for value in configs.values()])
         servers = dict(zip(configs, procs, strict=True))
         for proc in procs:  # warm up: imports, first predictions, connection set-up
             wrk(proc.url, body, 1)

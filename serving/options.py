@@ -3,8 +3,8 @@
 Unset or ``all``: every one (the product's setting). ``none``: none, gunicorn's gevent handler as
 it is. A comma-separated list of names: only those; of ``-name`` items: all but those. Two exist,
 ``header_reader`` and ``one_write``; the header reader is also the reader that refuses header
-bytes RFC 9110 does not allow, so switching it off is for measuring only. The benchmark (``loadtest/bench_serving.py``) switches
-each off in turn to show what it is worth.
+bytes RFC 9110 does not allow, so switching it off is for measuring only. The benchmark
+(``loadtest/bench_serving.py``) switches each off in turn to show what it is worth.
 
     >>> sorted(optimisations({"SERVING_OPTIMISATIONS": "-header_reader"}))
     ['one_write']

@@ -70,7 +70,7 @@ class ServerProcess:
         self.port = int(self.sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        full_env = {**os.environ, "WEB_CONCURRENCY": "2", **env}  # None: unset
+        full_env = {"WEB_CONCURRENCY": "2", **os.environ, **env}  # None: unset
         full_env = {name: value for name, value in full_env.items() if value is not None}
         full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         full_env.pop("SERVICE_RUNTIME_DIR", None)

@@ -8,7 +8,7 @@ subprocess. A failure here after an upgrade names the row of ``serving.private``
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -96,13 +96,14 @@ class Recording(pywsgi.WSGIHandler):
         self.seen.append({"logged_length": self.response_length, "code": self.code})
 
 
-@pytest.fixture
-def seen() -> Iterator[list[dict[str, Any]]]:
+def recording() -> list[dict[str, Any]]:
+    """A fresh list for what :class:`Recording` sees."""
     Recording.seen = []
-    yield Recording.seen
+    return Recording.seen
 
 
-def check_finalize_headers(seen: list[dict[str, Any]]) -> None:
+def check_finalize_headers() -> None:
+    seen = recording()
     exchange(plain(), GET, Recording)
     [finalized] = [s for s in seen if "finalized" in s]
     names = [name for name, _ in finalized["finalized"]]
@@ -114,34 +115,38 @@ def check_finalize_headers(seen: list[dict[str, Any]]) -> None:
     assert [name for name, _ in finalized["finalized"]].count(b"Date") == 1  # the application's
 
 
-def check_status_and_response_headers(seen: list[dict[str, Any]]) -> None:
+def check_status_and_response_headers() -> None:
+    seen = recording()
     exchange(plain(headers=(("X-A", "b"),)), GET, Recording)
     before = seen[-2]["before"]
     assert before["status"] == b"200 OK"
     assert before["headers"] == [(b"Content-Type", b"text/plain"), (b"X-A", b"b")]
 
 
-def check_headers_sent(seen: list[dict[str, Any]]) -> None:
+def check_headers_sent() -> None:
+    seen = recording()
     exchange(plain((b"one", b"two")), GET, Recording)
     writes = [s for s in seen if "before" in s]
     assert [w["before"]["headers_sent"] for w in writes] == [False, True]
     assert all(w["headers_sent"] for w in writes)
 
 
-def check_response_use_chunked(seen: list[dict[str, Any]]) -> None:
+def check_response_use_chunked() -> None:
+    seen = recording()
     answer = exchange(plain(lambda: iter([b"abc"])), GET, Recording)  # no length known
     [finalized] = [s for s in seen if "finalized" in s]
     assert finalized["chunked"] is True and (b"Transfer-Encoding", b"chunked") in finalized["finalized"]
     assert answer.endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n")  # write() framed the chunk
 
 
-def check_response_length_and_code(seen: list[dict[str, Any]]) -> None:
+def check_response_length_and_code() -> None:
+    seen = recording()
     answer = exchange(plain(), GET, Recording)
     [logged] = [s for s in seen if "logged_length" in s]
     assert logged == {"logged_length": len(answer), "code": 200}
 
 
-def check_socket(seen: list[dict[str, Any]]) -> None:
+def check_socket() -> None:
     peers: list[Any] = []
 
     class Peer(pywsgi.WSGIHandler):
@@ -166,7 +171,7 @@ def check_socket(seen: list[dict[str, Any]]) -> None:
         wait_until(lambda: unread_bytes(right) == 5, timeout=5)
 
 
-def check_message_class_protocol(seen: list[dict[str, Any]]) -> None:
+def check_message_class_protocol() -> None:
     received: list[tuple[Any, ...]] = []
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
@@ -194,7 +199,7 @@ def check_message_class_protocol(seen: list[dict[str, Any]]) -> None:
     assert exchange(app, kept_open, Ours).count(b"HTTP/1.1 200") == 2  # Connection read by get()
 
 
-def check_chunked_input(_seen: list[dict[str, Any]]) -> None:
+def check_chunked_input() -> None:
     from serving.chunked import ChunkedInput
     from serving.handler import handler_class
 
@@ -231,7 +236,7 @@ def check_chunked_input(_seen: list[dict[str, Any]]) -> None:
     assert seen[-1] is ChunkedInput  # the second request never reached the app
 
 
-def check_items_for_gunicorns_access_log(_seen: list[dict[str, Any]]) -> None:
+def check_items_for_gunicorns_access_log() -> None:
     class Ours(PyWSGIHandler):  # type: ignore[misc]
         MessageClass = RequestHeaders
 
@@ -242,7 +247,7 @@ def check_items_for_gunicorns_access_log(_seen: list[dict[str, Any]]) -> None:
     assert resp.status == "200 OK"
 
 
-def check_gunicorn_pywsgi_handler(seen: list[dict[str, Any]]) -> None:
+def check_gunicorn_pywsgi_handler() -> None:
     environs: list[dict[str, Any]] = []
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
@@ -332,7 +337,7 @@ class _served:
         self.server.stop()
 
 
-IN_PROCESS: dict[str, Callable[[list[dict[str, Any]]], None]] = {
+IN_PROCESS: dict[str, Callable[[], None]] = {
     "WSGIHandler.finalize_headers()": check_finalize_headers,
     "WSGIHandler.status, .response_headers": check_status_and_response_headers,
     "WSGIHandler.headers_sent": check_headers_sent,
@@ -359,10 +364,8 @@ def test_every_listed_name_has_a_check() -> None:
 
 
 @pytest.mark.parametrize("name", list(IN_PROCESS))
-def test_gevent_and_gunicorn_handler_names_behave_as_relied_on(
-    name: str, seen: list[dict[str, Any]]
-) -> None:
-    IN_PROCESS[name](seen)
+def test_gevent_and_gunicorn_handler_names_behave_as_relied_on(name: str) -> None:
+    IN_PROCESS[name]()
 
 
 @pytest.mark.parametrize(
